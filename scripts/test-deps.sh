@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the test suite drives for real: promtool/prometheus (metrics) and chromium (web UI).
+# Installed only when missing, so repeated runs cost nothing.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "test-deps: missing ${need[*]} and cannot apt-get install them; those tests will be skipped" >&2
+  fi
+fi

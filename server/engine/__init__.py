@@ -1,0 +1,1 @@
+"""Model runtimes behind one small interface (:mod:`server.engine.base`)."""

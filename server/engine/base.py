@@ -1,0 +1,135 @@
+"""The engine interface: what the scheduler needs from a model runtime.
+
+An engine owns one model and ``n_slots`` sequence slots in one context. It is
+driven by exactly one thread (the scheduler's engine thread), so no method here
+is thread-safe and none needs to be. Text handling (detokenization, stop
+strings) lives above the engine, in :mod:`server.textstream`; the engine deals
+only in token ids and raw token bytes.
+
+Life of a sequence::
+
+    n_cached = engine.begin(slot, prompt_tokens, params)   # reuse cached prefix
+    while ...:
+        for out in engine.step():                          # one batched decode
+            ...                                            # out.slot, out.token
+    engine.release(slot)                                   # free its KV cells
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-sequence sampling settings; defaults match OpenAI's where it has them."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    min_p: float = 0.0
+    seed: int | None = None  # None = a fresh random seed per request
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    penalty_last_n: int = 64
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, root rule "root"
+    top_logprobs: int | None = None  # None = no logprobs; 0..20 alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One sampled token for one slot, produced by one :meth:`Engine.step`."""
+
+    slot: int
+    token: int
+    logprob: float | None = None
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    path: str
+    n_ctx_per_seq: int  # context length each slot may use (prompt + generated)
+    n_ctx_train: int
+    n_vocab: int
+    n_slots: int
+    n_batch: int
+    bos_token: int | None
+    eos_token: int | None
+    chat_template: str | None  # the Jinja template from the GGUF metadata, if any
+    architecture: str = "unknown"
+    quantization: str = "unknown"
+    kv_cache_bytes: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class EngineError(Exception):
+    """A failure inside the engine; the scheduler fails the affected sequences."""
+
+
+class Engine(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (may be a partial UTF-8 sequence)."""
+        ...
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:
+        """How many leading tokens of ``prompt`` slot already holds in its KV cells."""
+        ...
+
+    def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
+        """Start a sequence in a free slot; returns how many prompt tokens were reused.
+
+        The prompt is prefilled by later :meth:`step` calls (chunked), and the
+        first sampled token arrives from the step that consumes its last chunk.
+        """
+        ...
+
+    def step(self) -> list[StepOutput]:
+        """Run one batched decode over every active slot; return sampled tokens.
+
+        Raises :class:`EngineError` when the decode fails; the engine stays usable.
+        """
+        ...
+
+    def has_work(self) -> bool: ...
+
+    def slot_is_full(self, slot: int) -> bool:
+        """True when the slot holds ``n_ctx_per_seq`` tokens and cannot decode another."""
+        ...
+
+    def n_cached_cells(self) -> int:
+        """KV cells in use, for the kv-cache usage gauge."""
+        ...
+
+    def release(self, slot: int, *, keep_cache: bool = True) -> None:
+        """End the slot's sequence. With ``keep_cache`` its tokens stay for prefix reuse."""
+        ...
+
+    def close(self) -> None: ...

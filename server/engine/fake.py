@@ -1,0 +1,156 @@
+"""A deterministic scripted engine, a first-class :class:`Engine` for fast tests.
+
+Tokens are bytes: token ``b`` (0..255) is the byte ``b``; 256 is BOS and 257 is
+EOS. Every sequence replies with ``reply(prompt_text)`` byte by byte and then
+EOS. ``step_delay`` makes each step take wall time, so live tests can cancel
+mid-stream; ``fail_next_step`` makes the next step raise like a failed decode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from server.engine.base import EngineError, ModelInfo, SamplingParams, StepOutput, TokenLogprob
+
+BOS = 256
+EOS = 257
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _default_reply(prompt: str) -> str:
+    return "The quick brown fox jumps over the lazy dog."
+
+
+@dataclass
+class _Slot:
+    cache: list[int] = field(default_factory=list)  # tokens whose "KV cells" are held
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet prefilled
+    script: bytes = b""
+    produced: int = 0
+    active: bool = False
+    top_logprobs: int | None = None
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        *,
+        reply: Callable[[str], str] = _default_reply,
+        n_slots: int = 4,
+        n_ctx_per_seq: int = 2048,
+        n_batch: int = 512,
+        step_delay: float = 0.0,
+        model_id: str = "fake-model",
+        chat_template: str | None = _CHATML,
+    ) -> None:
+        self._reply = reply
+        self._slots = [_Slot() for _ in range(n_slots)]
+        self._step_delay = step_delay
+        self.fail_next_step = False
+        self.steps = 0
+        self.prefilled_tokens = 0
+        self._info = ModelInfo(
+            id=model_id,
+            path="<fake>",
+            n_ctx_per_seq=n_ctx_per_seq,
+            n_ctx_train=n_ctx_per_seq,
+            n_vocab=258,
+            n_slots=n_slots,
+            n_batch=n_batch,
+            bos_token=BOS,
+            eos_token=EOS,
+            chat_template=chat_template,
+            architecture="fake",
+            quantization="none",
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        tokens = list(text.encode("utf-8"))
+        return [BOS, *tokens] if add_special else tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes([token]) if token < 256 else b""
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token == EOS
+
+    def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:
+        n = 0
+        for a, b in zip(self._slots[slot].cache, prompt, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(prompt) - 1)
+
+    def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
+        if params.grammar is not None and "::=" not in params.grammar:
+            raise ValueError("invalid grammar")
+        s = self._slots[slot]
+        reused = self.cached_prefix_len(slot, prompt)
+        s.cache = list(prompt[:reused])
+        s.pending = list(prompt[reused:])
+        text = bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace")
+        s.script = self._reply(text).encode("utf-8")
+        s.produced = 0
+        s.active = True
+        s.top_logprobs = params.top_logprobs
+        return reused
+
+    def has_work(self) -> bool:
+        return any(s.active for s in self._slots)
+
+    def slot_is_full(self, slot: int) -> bool:
+        return len(self._slots[slot].cache) >= self._info.n_ctx_per_seq
+
+    def step(self) -> list[StepOutput]:
+        self.steps += 1
+        if self._step_delay:
+            time.sleep(self._step_delay)
+        if self.fail_next_step:
+            self.fail_next_step = False
+            raise EngineError("simulated decode failure")
+        budget = self._info.n_batch
+        out: list[StepOutput] = []
+        decoding = [i for i, s in enumerate(self._slots) if s.active and not s.pending]
+        budget -= len(decoding)
+        for i, s in enumerate(self._slots):
+            if s.active and s.pending and budget > 0:
+                chunk, s.pending = s.pending[:budget], s.pending[budget:]
+                budget -= len(chunk)
+                s.cache.extend(chunk)
+                self.prefilled_tokens += len(chunk)
+                if not s.pending:
+                    decoding.append(i)
+        for i in decoding:
+            s = self._slots[i]
+            token = s.script[s.produced] if s.produced < len(s.script) else EOS
+            s.produced += 1
+            s.cache.append(token)
+            lp = [TokenLogprob(token, -0.25), TokenLogprob((token + 1) % 256, -1.5)]
+            top = tuple(lp[: s.top_logprobs]) if s.top_logprobs else ()
+            out.append(StepOutput(i, token, -0.25 if s.top_logprobs is not None else None, top))
+        return out
+
+    def n_cached_cells(self) -> int:
+        return sum(len(s.cache) for s in self._slots)
+
+    def release(self, slot: int, *, keep_cache: bool = True) -> None:
+        s = self._slots[slot]
+        s.active = False
+        s.pending = []
+        if not keep_cache:
+            s.cache = []
+
+    def close(self) -> None:
+        for s in self._slots:
+            s.active = False
+            s.cache = []

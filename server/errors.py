@@ -1,0 +1,112 @@
+"""The typed error tree. Each error knows its HTTP status and OpenAI ``type``/``code``;
+``routes`` maps them to OpenAI's error JSON in one place.
+
+    LlamaserveError                     500 server_error
+    ├── InvalidRequestError             400 invalid_request_error
+    │   ├── UnsupportedFieldError       400 (param = the field)
+    │   └── ContextLengthExceededError  400 code=context_length_exceeded
+    ├── AuthenticationError             401 invalid_api_key
+    ├── NotFoundError                   404 not_found_error
+    │   └── ModelNotFoundError          404 code=model_not_found
+    ├── MethodNotAllowedError           405
+    ├── QueueFullError                  429 (carries retry_after seconds)
+    ├── ServiceUnavailableError         503 (loading, draining)
+    └── GenerationError                 500 (the engine failed mid-request)
+"""
+
+from __future__ import annotations
+
+
+class LlamaserveError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(LlamaserveError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedFieldError(InvalidRequestError):
+    code = "unsupported_parameter"
+
+    def __init__(self, field: str, reason: str = "is not supported by this server") -> None:
+        super().__init__(f"'{field}' {reason}.", param=field)
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+    def __init__(self, requested: int, limit: int, param: str = "messages") -> None:
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{requested} tokens. Please reduce the length of the prompt or max_tokens.",
+            param=param,
+        )
+        self.requested = requested
+        self.limit = limit
+
+
+class AuthenticationError(LlamaserveError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(LlamaserveError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class MethodNotAllowedError(LlamaserveError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class QueueFullError(LlamaserveError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    code = "queue_full"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"The server is busy: the request queue is full. Retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(LlamaserveError):
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+class GenerationError(LlamaserveError):
+    status_code = 500
+    error_type = "server_error"
+    code = "generation_failed"

@@ -1,0 +1,1 @@
+"""Thin FastAPI handlers: they translate service results and errors to HTTP."""
