@@ -103,10 +103,12 @@ def test_concurrent_streams_all_complete() -> None:
 
 def test_full_queue_answers_429_with_retry_after() -> None:
     engine = FakeEngine(reply=lambda p: "z" * 100_000, n_slots=1, step_delay=0.005)
-    with live_server(create_app(Settings(max_queue=0), engine=engine)) as url:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=BODY, timeout=30) as r:
-            _open = read_until_first_token(r)
-            busy = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=30)
-            assert busy.status_code == 429
-            assert int(busy.headers["retry-after"]) >= 1
-            assert busy.json()["error"]["code"] == "queue_full"
+    with (
+        live_server(create_app(Settings(max_queue=0), engine=engine)) as url,
+        httpx.stream("POST", f"{url}/v1/chat/completions", json=BODY, timeout=30) as r,
+    ):
+        _open = read_until_first_token(r)
+        busy = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=30)
+        assert busy.status_code == 429
+        assert int(busy.headers["retry-after"]) >= 1
+        assert busy.json()["error"]["code"] == "queue_full"
