@@ -4,17 +4,21 @@
     LlamaserveError                     500 server_error
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── UnsupportedFieldError       400 (param = the field)
-    │   └── ContextLengthExceededError  400 code=context_length_exceeded
+    │   ├── ContextLengthExceededError  400 code=context_length_exceeded
+    │   └── RequestTooLargeError        413 code=request_too_large
     ├── AuthenticationError             401 invalid_api_key
     ├── NotFoundError                   404 not_found_error
     │   └── ModelNotFoundError          404 code=model_not_found
     ├── MethodNotAllowedError           405
     ├── QueueFullError                  429 (carries retry_after seconds)
     ├── ServiceUnavailableError         503 (loading, draining)
-    └── GenerationError                 500 (the engine failed mid-request)
+    ├── GenerationError                 500 (the engine failed mid-request)
+    └── RequestTimeoutError             504 (--request-timeout passed)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class LlamaserveError(Exception):
@@ -55,14 +59,29 @@ class UnsupportedFieldError(InvalidRequestError):
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
-    def __init__(self, requested: int, limit: int, param: str = "messages") -> None:
+    def __init__(
+        self, requested: int, limit: int, param: str = "messages", *, prompt_tokens: int | None = None
+    ) -> None:
+        detail = ""
+        if prompt_tokens is not None:
+            where = "the messages" if param == "messages" else f"the {param}"
+            detail = f" ({prompt_tokens} in {where}, {requested - prompt_tokens} in the completion)"
         super().__init__(
             f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{requested} tokens. Please reduce the length of the prompt or max_tokens.",
+            f"{requested} tokens{detail}. Please reduce the length of the {param} or max_tokens.",
             param=param,
         )
         self.requested = requested
         self.limit = limit
+
+
+class RequestTooLargeError(InvalidRequestError):
+    status_code = 413
+    code = "request_too_large"
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"The request body is larger than this server's limit of {limit_bytes} bytes.")
+        self.limit_bytes = limit_bytes
 
 
 class AuthenticationError(LlamaserveError):
@@ -110,3 +129,43 @@ class GenerationError(LlamaserveError):
     status_code = 500
     error_type = "server_error"
     code = "generation_failed"
+
+
+class RequestTimeoutError(LlamaserveError):
+    status_code = 504
+    error_type = "server_error"
+    code = "request_timeout"
+
+    def __init__(self, limit_seconds: float) -> None:
+        super().__init__(
+            f"The request took longer than this server's limit of {limit_seconds:g} s and was ended. "
+            "Ask for fewer tokens, or retry when the server is less busy."
+        )
+        self.limit_seconds = limit_seconds
+
+
+# Names pydantic puts in an error's location for the member of a union that failed.
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def openai_param(loc: Sequence[int | str]) -> str | None:
+    """A validation error's location as OpenAI names a parameter: ``messages[0].content``.
+
+    Drops the request-body prefix and pydantic's union-member labels (``stop.str``,
+    ``prompt.list[int]``, a discriminated union's tag repeated before its field).
+    """
+    out: list[str] = []
+    previous: str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            if out:
+                out[-1] += f"[{part}]"
+            continue
+        if part == "body" and not out:
+            continue
+        if part in _UNION_MEMBERS or "[" in part or part == previous:
+            previous = part
+            continue
+        out.append(part)
+        previous = part
+    return ".".join(out) or None

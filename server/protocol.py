@@ -2,41 +2,56 @@
 
 Request models forbid nothing on their own: OpenAI ignores fields it does not
 define, and so do we. Fields OpenAI defines that this server does not support
-are listed in ``UNSUPPORTED_*`` and refused with a 400 naming the field.
+are listed in ``UNSUPPORTED_*`` and refused with a 400 naming the field (some
+only for the values that ask for something we do not do).
+Our own extensions (``top_k``, ``min_p``, ``repeat_penalty``, ``grammar``) and the
+``/tokenize`` ``/detokenize`` bodies (llama.cpp server's shapes) live here too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-# OpenAI-defined request fields we do not implement: a 400 naming the field, never silence.
-UNSUPPORTED_CHAT_FIELDS = (
-    "audio",
-    "modalities",
-    "prediction",
-    "web_search_options",
-    "functions",
-    "function_call",
-    "reasoning_effort",
-    "verbosity",
-)
+# OpenAI-defined request fields we do not implement, with the values we can still accept
+# (None = no value but null): a 400 naming the field, never silence.
+UNSUPPORTED_CHAT_FIELDS: Mapping[str, Callable[[Any], bool]] = {
+    "audio": lambda v: False,
+    "modalities": lambda v: v == ["text"],
+    "prediction": lambda v: False,
+    "web_search_options": lambda v: False,
+    "functions": lambda v: False,
+    "function_call": lambda v: False,
+    "reasoning_effort": lambda v: False,
+    "verbosity": lambda v: False,
+    "store": lambda v: v is False,
+    "service_tier": lambda v: v in ("auto", "default"),
+    "moderation": lambda v: False,
+    "prompt_cache_retention": lambda v: v == "in_memory",
+}
+UNSUPPORTED_COMPLETION_FIELDS: Mapping[str, Callable[[Any], bool]] = {
+    "best_of": lambda v: v == 1,
+    "suffix": lambda v: v == "",
+}
+# Accepted and only logged: they identify the caller, nothing more.
+LOGGED_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
+
+FinishReasonWire = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextContentPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
 class ContentPart(BaseModel):
+    """A message content part; only ``text`` (and ``refusal`` in assistant turns) is read."""
+
     model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
+    refusal: str | None = None
 
 
 class FunctionCall(BaseModel):
@@ -62,40 +77,107 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="the schema's name")
+    description: str | None = None
+    # ``schema`` would shadow a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="a JSON Schema")
+    strict: bool | None = False
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+
+StopField = Annotated[
+    str | Annotated[list[str], Field(max_length=4)] | None,
+    Field(default=None, description="up to 4 stop strings; the output never contains them"),
+]
+LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
 
 
 class SamplingFields(_Request):
     """Sampling fields shared by chat and legacy completions, plus our documented extensions."""
 
     model: str | None = Field(default=None, description="model id; default: the served model")
-    max_tokens: int | None = Field(default=None, ge=1, description="maximum tokens to generate")
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1, le=16, description="choices to generate")
-    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(default=None, description="token id -> bias (-100..100)")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: LogitBias | None = Field(default=None, description="token id -> bias (-100..100)")
+    n: int | None = Field(default=None, ge=1, le=16, description="choices to generate (1..16)")
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="choice i samples with seed+i")
+    stop: StopField = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = Field(default=None, description="end-user id; logged")
     # Extensions (documented in the README).
-    top_k: int | None = Field(default=None, ge=0, description="llama.cpp top-k (0 = off)")
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="llama.cpp min-p")
+    top_k: int | None = Field(default=None, ge=0, description="llama.cpp top-k (0 = off; default 40)")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="llama.cpp min-p (default 0.05)")
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0, description="llama.cpp repeat penalty")
-    grammar: str | None = Field(default=None, description="GBNF grammar constraining the output")
+    grammar: str | None = Field(default=None, description="GBNF grammar (root rule 'root') constraining the output")
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, description="deprecated alias of max_completion_tokens")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="maximum tokens to generate")
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+
+
+PromptField = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptField | None = Field(default=None, description="text, texts, token ids or lists of token ids")
+    echo: bool | None = False
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="top alternatives per token (0..5)")
+    max_tokens: int | None = Field(default=16, ge=0, description="maximum tokens to generate (default 16)")
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=0, le=20)
+
+
+class EmbeddingRequest(_Request):
+    input: PromptField = Field(description="text, texts, token ids or lists of token ids")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class TokenizeRequest(_Request):
+    """``POST /tokenize`` (our extension; llama.cpp server's shape)."""
+
+    content: str
+    add_special: bool = Field(default=False, description="add BOS (and EOS) as the model does")
+    parse_special: bool = Field(default=True, description="read special-token text as the special token")
+    with_pieces: bool = Field(default=False, description="return {id, piece} objects instead of ids")
+
+
+class DetokenizeRequest(_Request):
+    tokens: list[int]
 
 
 # ---- responses -----------------------------------------------------------------------------------
@@ -103,6 +185,14 @@ class ChatCompletionRequest(SamplingFields):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+    audio_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
 
 class Usage(BaseModel):
@@ -110,6 +200,7 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
 
 
 class TopLogprob(BaseModel):
@@ -136,12 +227,20 @@ class ResponseMessage(BaseModel):
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
 
+    @model_serializer(mode="wrap")
+    def _drop_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # content and refusal are required even when null; tool_calls is absent unless there are some.
+        data: dict[str, Any] = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
+
 
 class ChatChoice(BaseModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+    finish_reason: FinishReasonWire
 
 
 class ChatCompletion(BaseModel):
@@ -177,7 +276,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] | None = None
+    finish_reason: FinishReasonWire | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -190,6 +289,52 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions logprobs format: parallel lists, one entry per token."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None  # None only in stream chunks
+
+
+class Completion(BaseModel):
+    """A legacy completion; stream chunks have this same shape (``usage`` only on the last)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string of little-endian float32 when asked
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -200,6 +345,25 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+
+
+class ApplyTemplateResponse(BaseModel):
+    """``POST /apply-template`` (llama.cpp server's shape): the prompt exactly as the model sees it."""
+
+    prompt: str
+
+
+class DetokenizeResponse(BaseModel):
+    content: str
 
 
 class ErrorBody(BaseModel):

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.engine.base import Engine, FinishReason, SamplingParams, StepOutput, TokenLogprob
-from server.errors import GenerationError, InvalidRequestError, QueueFullError, ServiceUnavailableError
+from server.errors import (
+    GenerationError,
+    InvalidRequestError,
+    QueueFullError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
 from server.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -163,9 +169,17 @@ class _Shared:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_queue: int = 64, hooks: SchedulerHooks | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_queue: int = 64,
+        hooks: SchedulerHooks | None = None,
+        request_timeout: float = 0.0,
+    ) -> None:
         self.engine = engine
         self.max_queue = max_queue
+        self.request_timeout = request_timeout  # seconds from submit to the last token; 0 = none
         self.hooks: SchedulerHooks = hooks or NoHooks()
         self.n_slots = engine.info.n_slots
         self._cond = threading.Condition()
@@ -247,12 +261,68 @@ class Scheduler:
                 cancelled, self._shared.cancelled = self._shared.cancelled, set()
                 self._drop_cancelled_waiting(cancelled)
                 admitted = self._take_admissions()
-            self._release_cancelled(cancelled)
-            for seq in admitted:
-                self._begin(seq)
-            if self._active:
-                self._step()
+            try:
+                self._release_cancelled(cancelled)
+                for seq in admitted:
+                    self._begin(seq)
+                step_error = self._step() if self._active else False
+                if self.request_timeout > 0:
+                    self._expire_overdue(time.monotonic())
+            except Exception:
+                # The engine thread must never die silently: every request in flight would hang.
+                step_error = True
+                self._fail_active("the engine loop failed")
+            try:
+                # Every pass, not only after a decode: a cancel or a failed start changes the gauges too.
+                self.hooks.step_done(
+                    len(self._active), len(self._shared.waiting), self.engine.n_cached_cells(), step_error
+                )
+            except Exception:
+                log.exception("the step_done hook failed")
         self._shutdown()
+
+    def _reset_engine(self) -> None:
+        # Every request of the failed step has been failed and released, so only idle slots' cached
+        # prefixes are lost; in exchange a context left unusable by the failure serves again.
+        try:
+            self.engine.reset()
+        except Exception:
+            log.exception("could not recreate the engine's context after a failed step")
+        else:
+            log.warning("recreated the engine's context after a failed step")
+
+    def _fail_active(self, what: str) -> None:
+        log.exception("%s; failing requests %s", what, [s.request.request_id for s in self._active.values()])
+        for seq in list(self._active.values()):
+            seq.handle._push(ErrorEvent(GenerationError(f"The engine failed: {what}.")))
+            try:
+                self._finish(seq, FinishReason.ERROR, keep_cache=False, notify=False)
+            except Exception:
+                log.exception("could not release slot %d", seq.slot)
+                self._active.pop(seq.slot, None)  # never leak the slot, whatever the engine says
+        self._busy = len(self._active)
+
+    def _expire_overdue(self, now: float) -> None:
+        """End requests older than ``request_timeout``, running or still queued."""
+        limit = self.request_timeout
+        for seq in list(self._active.values()):
+            if now - seq.submitted_at > limit:
+                log.warning(
+                    "request %s passed the %g s request timeout after %d tokens",
+                    seq.request.request_id,
+                    limit,
+                    seq.generated,
+                )
+                seq.handle._push(ErrorEvent(RequestTimeoutError(limit)))
+                self._finish(seq, FinishReason.ERROR, notify=False)
+        with self._cond:
+            overdue = [s for s in self._shared.waiting if now - s.submitted_at > limit]
+            if overdue:
+                self._shared.waiting = deque(s for s in self._shared.waiting if now - s.submitted_at <= limit)
+        for seq in overdue:
+            log.warning("request %s passed the %g s request timeout while queued", seq.request.request_id, limit)
+            seq.handle._push(ErrorEvent(RequestTimeoutError(limit)))
+            self.hooks.request_finished(FinishReason.ERROR, len(seq.request.prompt_tokens), 0, now - seq.submitted_at)
 
     def _drop_cancelled_waiting(self, cancelled: set[int]) -> None:
         # A client that left while queued never takes a slot.
@@ -303,7 +373,8 @@ class Scheduler:
         seq.handle._mark_admitted()
         self.hooks.request_started(now - seq.submitted_at, len(seq.request.prompt_tokens), seq.cached)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One decode over every active slot; True when it failed."""
         try:
             outputs = self.engine.step()
         except Exception as exc:
@@ -314,14 +385,14 @@ class Scheduler:
             for seq in list(self._active.values()):
                 seq.handle._push(ErrorEvent(GenerationError(f"The engine failed: {exc}")))
                 self._finish(seq, FinishReason.ERROR, keep_cache=False, notify=False)
-            self.hooks.step_done(0, len(self._shared.waiting), self.engine.n_cached_cells(), True)
-            return
+            self._reset_engine()
+            return True
         now = time.monotonic()
         for out in outputs:
             target = self._active.get(out.slot)
             if target is not None:
                 self._on_token(target, out, now)
-        self.hooks.step_done(len(self._active), len(self._shared.waiting), self.engine.n_cached_cells(), False)
+        return False
 
     def _on_token(self, seq: _Sequence, out: StepOutput, now: float) -> None:
         if seq.first_token_at is None:

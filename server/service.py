@@ -1,26 +1,29 @@
-"""Wire request -> prompt + SamplingParams -> scheduler -> wire response or chunks.
+"""Chat: wire request -> prompt + SamplingParams -> scheduler -> wire response or chunks.
 
 Routes call :class:`ChatService`; it knows the OpenAI wire models and the
-scheduler, and nothing of HTTP.
+scheduler, and nothing of HTTP. It also holds the legacy completions and the
+embeddings services, which share its engine and scheduler.
+
+Tool calling hooks in at two places: :meth:`ChatService.parse_choice` turns a
+finished choice's text into ``(content, tool_calls)``, and
+:meth:`ChatService.choice_streamer` gives the streaming counterpart.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from server.chat_template import CHATML, JinjaChatTemplate
-from server.engine.base import Engine, FinishReason, SamplingParams
-from server.errors import (
-    ContextLengthExceededError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    UnsupportedFieldError,
-)
+from server.chat_template import render_chat, template_for_engine
+from server.completions import CompletionService
+from server.embeddings_service import EmbeddingsService
+from server.engine.base import Engine
+from server.errors import InvalidRequestError, UnsupportedFieldError
+from server.grammar import JSON_OBJECT_GBNF, InvalidSchemaError, json_schema_to_gbnf
+from server.limits import RequestLimits, check_chat_request
 from server.protocol import (
     UNSUPPORTED_CHAT_FIELDS,
     ChatChoice,
@@ -31,22 +34,26 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     ChunkDelta,
+    DetokenizeRequest,
+    DetokenizeResponse,
     Model,
     ModelList,
-    PromptTokensDetails,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
     ResponseMessage,
+    TokenizeRequest,
+    TokenizeResponse,
     TokenLogprobEntry,
+    TokenPiece,
+    ToolCall,
     TopLogprob,
     Usage,
 )
-from server.scheduler import ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, Scheduler, TokenEvent
+from server.scheduler import FinishEvent, GenerationRequest, RequestHandle, Scheduler, TokenEvent
+from server.service_common import GenerationService
+from server.tools import ToolChoiceStreamer, ToolPlan, plan_tools, response_message_parts
 
 log = logging.getLogger(__name__)
-
-# llama.cpp's defaults for the samplers OpenAI does not have; they keep small models coherent
-# at OpenAI's default temperature of 1.
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
 
 
 @dataclass
@@ -58,52 +65,120 @@ class _Choice:
     finish: FinishEvent | None = None
 
 
-class ChatService:
-    def __init__(self, engine: Engine, scheduler: Scheduler, *, model_id: str, created: int | None = None) -> None:
-        self.engine = engine
-        self.scheduler = scheduler
-        self.model_id = model_id
-        self.created = created or int(time.time())
-        self.fingerprint = f"fp_llamaserve_{secrets.token_hex(4)}"
-        info = engine.info
-        self._bos_text = self._token_text(info.bos_token)
-        self.template = JinjaChatTemplate(
-            info.chat_template or CHATML, bos_token=self._bos_text, eos_token=self._token_text(info.eos_token)
-        )
+class ChoiceStreamer:
+    """Turns one choice's text pieces into chunk deltas; plain text passes straight through.
 
-    def _token_text(self, token: int | None) -> str:
-        if token is None:
-            return ""
-        return self.engine.token_bytes(token).decode("utf-8", errors="replace")
+    Tool calling replaces it (via :meth:`ChatService.choice_streamer`) with one that holds
+    back text which may be a tool call and emits ``tool_calls`` deltas instead.
+    """
+
+    def push(self, text: str) -> list[ChunkDelta]:
+        return [ChunkDelta(content=text)] if text else []
+
+    def finish(self, text: str) -> tuple[list[ChunkDelta], bool]:
+        """The last text; returns the deltas and whether the choice made tool calls."""
+        return self.push(text), False
+
+
+class ChatService(GenerationService):
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        *,
+        model_id: str,
+        created: int | None = None,
+        limits: RequestLimits | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        self.limits = limits or RequestLimits()
+        super().__init__(
+            engine,
+            scheduler,
+            model_id=model_id,
+            fingerprint=f"fp_llamaserve_{secrets.token_hex(4)}",
+            created=created or int(time.time()),
+        )
+        info = engine.info
+        # Chosen and compiled once per model; `chat_template` is the --chat-template override.
+        self.template = template_for_engine(
+            engine,
+            chat_template,
+            bos_token=self._special_text(info.bos_token),
+            eos_token=self._special_text(info.eos_token),
+        )
+        self._bos_text = self.template.bos_token
+        self.completions = CompletionService(
+            engine, scheduler, model_id=model_id, fingerprint=self.fingerprint, created=self.created
+        )
+        self.completions.limits = self.limits
+        self.embeddings = EmbeddingsService.for_engine(engine, model_id=model_id)
+
+    def _special_bytes(self, token: int) -> bytes:
+        """A token's bytes with control tokens rendered as their text (``<|im_start|>``)."""
+        token_bytes = self.engine.token_bytes
+        try:
+            return token_bytes(token, special=True)  # type: ignore[call-arg]
+        except TypeError:  # an engine without the keyword renders specials anyway
+            return token_bytes(token)
+
+    def _special_text(self, token: int | None) -> str:
+        return "" if token is None else self._special_bytes(token).decode("utf-8", errors="replace")
 
     # ---- models -----------------------------------------------------------------------------
 
     def list_models(self) -> ModelList:
         return ModelList(data=[Model(id=self.model_id, created=self.created)])
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_id:
-            raise ModelNotFoundError(model)
+    # ---- /tokenize, /detokenize ---------------------------------------------------------------
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        self.check_model(req.model_extra.get("model") if req.model_extra else None)
+        tokens = self.engine.tokenize(req.content, add_special=req.add_special, parse_special=req.parse_special)
+        if not req.with_pieces:
+            return TokenizeResponse(tokens=tokens)
+        return TokenizeResponse(tokens=[TokenPiece(id=t, piece=self._special_text(t)) for t in tokens])
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        n_vocab = self.engine.info.n_vocab
+        bad = [t for t in req.tokens if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"Token ids outside the vocabulary (0..{n_vocab - 1}): {bad[:5]}.", param="tokens"
+            )
+        raw = b"".join(self._special_bytes(t) for t in req.tokens)
+        return DetokenizeResponse(content=raw.decode("utf-8", errors="replace"))
 
     # ---- request preparation ----------------------------------------------------------------
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        plain = []
-        for m in messages:
+    def render_prompt(self, messages: Sequence[ChatMessage], plan: ToolPlan | None = None) -> str:
+        plain: list[dict[str, object]] = []
+        for i, m in enumerate(messages):
             if isinstance(m.content, list):
                 parts = []
-                for p in m.content:
-                    if p.type != "text" or p.text is None:
+                for j, p in enumerate(m.content):
+                    if p.type == "text" and p.text is not None:
+                        parts.append(p.text)
+                    elif p.type == "refusal" and m.role == "assistant" and p.refusal is not None:
+                        parts.append(p.refusal)
+                    else:
                         raise InvalidRequestError(
                             f"Content parts of type '{p.type}' are not supported: this model reads text only.",
-                            param="messages",
+                            param=f"messages[{i}].content[{j}]",
                         )
-                    parts.append(p.text)
                 content: str | None = "".join(parts)
             else:
                 content = m.content
-            plain.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-        return self.template.render(plain, add_generation_prompt=True)
+            if m.role == "tool" and not m.tool_call_id:
+                raise InvalidRequestError("A 'tool' message needs 'tool_call_id'.", param=f"messages[{i}]")
+            entry: dict[str, object] = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+            if m.tool_calls:
+                entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id:
+                entry["tool_call_id"] = m.tool_call_id
+            plain.append(entry)
+        # chat_template.py decodes tool-call arguments, shows the tools, and renders.
+        return render_chat(self.template, plain, plan)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         # A template that writes the BOS text itself must not get a second BOS from the tokenizer.
@@ -112,155 +187,137 @@ class ChatService:
 
     def _validate_chat(self, req: ChatCompletionRequest) -> None:
         extra = req.model_extra or {}
-        for name in UNSUPPORTED_CHAT_FIELDS:
-            if extra.get(name) is not None:
+        for name, acceptable in UNSUPPORTED_CHAT_FIELDS.items():
+            value = extra.get(name)
+            if value is not None and not acceptable(value):
                 raise UnsupportedFieldError(name)
-        if req.tools:
-            raise UnsupportedFieldError("tools", "(tool calling) is not supported yet by this server")
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            raise UnsupportedFieldError("response_format", "other than 'text' is not supported yet")
+        self._validate_tools(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
         if req.stream_options is not None and not req.stream:
             raise InvalidRequestError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
-    def sampling_params(self, req: ChatCompletionRequest, choice: int) -> SamplingParams:
-        bias: dict[int, float] = {}
-        for key, value in (req.logit_bias or {}).items():
+    def _validate_tools(self, req: ChatCompletionRequest) -> None:
+        self.tool_plan(req)  # raises the 400s
+
+    def tool_plan(self, req: ChatCompletionRequest) -> ToolPlan | None:
+        """The request's tools, tool_choice and parallel_tool_calls, checked; None without tools."""
+        return plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, self.template.tool_style)
+
+    def grammar_for(self, req: ChatCompletionRequest) -> str | None:
+        """The GBNF that ``response_format`` (or our ``grammar`` extension) asks for."""
+        fmt = req.response_format
+        structured = isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema)
+        if structured and req.grammar is not None:
+            raise InvalidRequestError("Give either 'grammar' or a JSON 'response_format', not both.", param="grammar")
+        if isinstance(fmt, ResponseFormatJsonObject):
+            return JSON_OBJECT_GBNF
+        if isinstance(fmt, ResponseFormatJsonSchema):
+            spec = fmt.json_schema
+            if spec.schema_ is None:
+                return JSON_OBJECT_GBNF
             try:
-                token = int(key)
-            except ValueError:
-                raise InvalidRequestError(f"logit_bias key '{key}' is not a token id.", param="logit_bias") from None
-            if not 0 <= token < self.engine.info.n_vocab:
-                raise InvalidRequestError(f"logit_bias token {token} is outside the vocabulary.", param="logit_bias")
-            if not -100 <= value <= 100:
-                raise InvalidRequestError("logit_bias values must be between -100 and 100.", param="logit_bias")
-            bias[token] = value
-        seed = None if req.seed is None else (req.seed + choice) & 0xFFFFFFFF
-        return SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=DEFAULT_TOP_K if req.top_k is None else req.top_k,
-            min_p=DEFAULT_MIN_P if req.min_p is None else req.min_p,
-            seed=seed,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
-            logit_bias=bias,
-            grammar=req.grammar,
-            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        )
+                return json_schema_to_gbnf(spec.schema_, strict=bool(spec.strict))
+            except InvalidSchemaError as exc:
+                exc.param = "response_format.json_schema.schema"
+                raise
+        return req.grammar
 
     def prepare_chat(self, req: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:
         self.check_model(req.model)
+        check_chat_request(req, self.limits)
         self._validate_chat(req)
-        prompt = self.tokenize_prompt(self.render_prompt(req.messages))
-        return self._generation_requests(req, prompt, request_id, req.max_completion_tokens or req.max_tokens)
+        self.log_caller("chat completion", req, request_id)
+        grammar = self.grammar_for(req)
+        plan = self.tool_plan(req)
+        tool_grammar = plan.grammar() if plan is not None else None
+        if tool_grammar is not None:
+            if grammar is not None:
+                raise InvalidRequestError(
+                    "A tool_choice that requires a call cannot be combined with 'grammar' or a JSON 'response_format'.",
+                    param="tool_choice",
+                )
+            grammar = tool_grammar
+        prompt = self.tokenize_prompt(self.render_prompt(req.messages, plan))
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        budget = self.token_budget(len(prompt), requested, param="messages")
+        return self.generation_requests(
+            req,
+            prompt,
+            request_id=request_id,
+            max_tokens=budget,
+            n=req.n or 1,
+            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            grammar=grammar,
+        )
 
-    def _generation_requests(
-        self, req: ChatCompletionRequest, prompt: list[int], request_id: str, max_tokens: int | None
-    ) -> list[GenerationRequest]:
-        n_ctx = self.engine.info.n_ctx_per_seq
-        if len(prompt) >= n_ctx:
-            raise ContextLengthExceededError(len(prompt) + (max_tokens or 0), n_ctx)
-        room = n_ctx - len(prompt)
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4:
-            raise InvalidRequestError("'stop' takes at most 4 sequences.", param="stop")
-        return [
-            GenerationRequest(
-                prompt_tokens=prompt,
-                params=self.sampling_params(req, i),
-                max_tokens=min(max_tokens or room, room),
-                stop=stop,
-                request_id=request_id,
-            )
-            for i in range(req.n or 1)
-        ]
+    def apply_template(self, req: ChatCompletionRequest) -> str:
+        """``POST /apply-template``: the prompt text ``req`` would generate from, checked like a chat request."""
+        self.check_model(req.model)
+        self._validate_chat(req)
+        return self.render_prompt(req.messages, self.tool_plan(req))
 
-    def submit(self, requests: Sequence[GenerationRequest]) -> list[RequestHandle]:
-        handles: list[RequestHandle] = []
-        try:
-            for r in requests:
-                handles.append(self.scheduler.submit(r))
-        except BaseException:
-            for h in handles:
-                h.cancel()
-            raise
-        return handles
+    # ---- tool-calling hooks -----------------------------------------------------------------
+
+    def parse_choice(self, req: ChatCompletionRequest, text: str) -> tuple[str | None, list[ToolCall] | None]:
+        """A finished choice's text as (content, tool_calls)."""
+        return response_message_parts(self.tool_plan(req), text)
+
+    def choice_streamer(self, req: ChatCompletionRequest) -> ChoiceStreamer | ToolChoiceStreamer:
+        plan = self.tool_plan(req)
+        return ToolChoiceStreamer(plan) if plan is not None and plan.calls_enabled else ChoiceStreamer()
 
     # ---- responses --------------------------------------------------------------------------
 
     def _logprob_entry(self, ev: TokenEvent) -> TokenLogprobEntry:
-        def text(tok: int) -> tuple[str, list[int]]:
-            raw = self.engine.token_bytes(tok)
-            return raw.decode("utf-8", errors="replace"), list(raw)
-
-        tok_text, tok_bytes = text(ev.token)
+        tok_text, tok_bytes = self.token_text(ev.token)
         tops = []
         for alt in ev.top_logprobs:
-            alt_text, alt_bytes = text(alt.token)
+            alt_text, alt_bytes = self.token_text(alt.token)
             tops.append(TopLogprob(token=alt_text, logprob=alt.logprob, bytes=alt_bytes))
         return TokenLogprobEntry(token=tok_text, logprob=ev.logprob or 0.0, bytes=tok_bytes, top_logprobs=tops)
 
-    @staticmethod
-    def _usage(finishes: Sequence[FinishEvent]) -> Usage:
-        prompt = finishes[0].prompt_tokens if finishes else 0
-        completion = sum(f.completion_tokens for f in finishes)
-        cached = finishes[0].cached_tokens if finishes else 0
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=prompt + completion,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    def _chat_usage(self, finishes: Sequence[FinishEvent]) -> Usage:
+        # The n choices share one prompt: OpenAI counts it once. The choice that computed it
+        # reports the real cache hits; the others reused its cells, so the least is the truth.
+        return self.usage(
+            finishes[0].prompt_tokens if finishes else 0,
+            sum(f.completion_tokens for f in finishes),
+            min((f.cached_tokens for f in finishes), default=0),
         )
-
-    @staticmethod
-    def _finish_reason(reason: FinishReason) -> str:
-        return "length" if reason is FinishReason.LENGTH else "stop"
 
     async def complete_chat(
         self, req: ChatCompletionRequest, handles: Sequence[RequestHandle], request_id: str
     ) -> ChatCompletion:
         choices = [_Choice() for _ in handles]
-
-        async def collect(i: int, handle: RequestHandle) -> None:
-            async for ev in handle.events():
-                if isinstance(ev, TokenEvent):
-                    choices[i].text.append(ev.text)
-                    if req.logprobs:
-                        choices[i].logprobs.append(self._logprob_entry(ev))
-                elif isinstance(ev, FinishEvent):
-                    choices[i].text.append(ev.text)
-                    choices[i].finish = ev
-                else:
-                    raise ev.error
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for i, h in enumerate(handles):
-                    tg.create_task(collect(i, h))
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        finally:
-            for h in handles:
-                h.cancel()
+        async for i, ev in self.merged_events(handles):
+            if isinstance(ev, TokenEvent):
+                choices[i].text.append(ev.text)
+                if req.logprobs:
+                    choices[i].logprobs.append(self._logprob_entry(ev))
+            else:
+                choices[i].text.append(ev.text)
+                choices[i].finish = ev
         finishes = [c.finish for c in choices if c.finish is not None]
-        return ChatCompletion(
-            id=request_id,
-            created=int(time.time()),
-            model=self.model_id,
-            system_fingerprint=self.fingerprint,
-            choices=[
+        out: list[ChatChoice] = []
+        for i, c in enumerate(choices):
+            content, tool_calls = self.parse_choice(req, "".join(c.text))
+            reason = "tool_calls" if tool_calls else self.finish_reason(c.finish.reason) if c.finish else "stop"
+            out.append(
                 ChatChoice(
                     index=i,
-                    message=ResponseMessage(content="".join(c.text)),
+                    message=ResponseMessage(content=content, tool_calls=tool_calls),
                     logprobs=ChoiceLogprobs(content=c.logprobs) if req.logprobs else None,
-                    finish_reason=self._finish_reason(c.finish.reason) if c.finish else "stop",  # type: ignore[arg-type]
+                    finish_reason=reason,  # type: ignore[arg-type]
                 )
-                for i, c in enumerate(choices)
-            ],
-            usage=self._usage(finishes),
+            )
+        return ChatCompletion(
+            id=request_id,
+            created=self.now(),
+            model=self.model_id,
+            system_fingerprint=self.fingerprint,
+            choices=out,
+            usage=self._chat_usage(finishes),
         )
 
     async def stream_chat(
@@ -268,7 +325,7 @@ class ChatService:
     ) -> AsyncIterator[dict[str, object]]:
         """Yield chunk dicts ready for JSON; errors after the start are raised to the route."""
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        created = int(time.time())
+        created = self.now()
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> dict[str, object]:
             c = ChatCompletionChunk(
@@ -281,39 +338,30 @@ class ChatService:
             ).model_dump()
             if not include_usage:
                 c.pop("usage")
-            for ch in c["choices"]:
-                ch["delta"] = {k: v for k, v in ch["delta"].items() if v is not None}
+            for ch, choice in zip(c["choices"], choices, strict=True):
+                # Absent fields are left out at every depth, tool-call deltas included, as OpenAI does.
+                ch["delta"] = choice.delta.model_dump(exclude_none=True)
             return c
 
-        merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent | ErrorEvent]] = asyncio.Queue()
-
-        async def pump(i: int, handle: RequestHandle) -> None:
-            async for ev in handle.events():
-                await merged.put((i, ev))
-
-        tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
-        try:
-            for i in range(len(handles)):
-                yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
-            finishes: list[FinishEvent] = []
-            while len(finishes) < len(handles):
-                i, ev = await merged.get()
-                if isinstance(ev, ErrorEvent):
-                    raise ev.error
-                if isinstance(ev, TokenEvent):
-                    lp = ChoiceLogprobs(content=[self._logprob_entry(ev)]) if req.logprobs else None
-                    if ev.text or lp is not None:
-                        yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=ev.text), logprobs=lp)])
-                    continue
-                finishes.append(ev)
-                if ev.text:
-                    yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=ev.text))])
-                reason = self._finish_reason(ev.reason)
-                yield chunk([ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=reason)])  # type: ignore[arg-type]
-            if include_usage:
-                yield chunk([], self._usage(finishes))
-        finally:
-            for t in tasks:
-                t.cancel()
-            for h in handles:
-                h.cancel()
+        streamers = [self.choice_streamer(req) for _ in handles]
+        for i in range(len(handles)):
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+        finishes: list[FinishEvent] = []
+        async for i, ev in self.merged_events(handles):
+            if isinstance(ev, TokenEvent):
+                deltas = streamers[i].push(ev.text)
+                if req.logprobs:
+                    lp = ChoiceLogprobs(content=[self._logprob_entry(ev)])
+                    first = deltas.pop(0) if deltas else ChunkDelta(content="")
+                    yield chunk([ChunkChoice(index=i, delta=first, logprobs=lp)])
+                for d in deltas:
+                    yield chunk([ChunkChoice(index=i, delta=d)])
+                continue
+            finishes.append(ev)
+            deltas, made_calls = streamers[i].finish(ev.text)
+            for d in deltas:
+                yield chunk([ChunkChoice(index=i, delta=d)])
+            reason = "tool_calls" if made_calls else self.finish_reason(ev.reason)
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=reason)])  # type: ignore[arg-type]
+        if include_usage:
+            yield chunk([], self._chat_usage(finishes))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.engine.base import Engine
+from server.metrics import Metrics
+from server.registry import ModelRegistry
 from server.scheduler import Scheduler
 from server.service import ChatService
 from server.settings import Settings
@@ -18,3 +20,5 @@ class AppState:
     service: ChatService | None = None
     status: str = "loading"  # loading -> ok -> draining; or error
     load_error: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # per app, so tests can build many
+    registry: ModelRegistry | None = None  # several models by name (or unloadable): routes ask it

@@ -132,4 +132,12 @@ class Engine(Protocol):
         """End the slot's sequence. With ``keep_cache`` its tokens stay for prefix reuse."""
         ...
 
+    def reset(self) -> None:
+        """Recreate the context: every slot ends and every KV cell is freed; the model stays loaded.
+
+        The scheduler calls it after a failed step, once it has failed that step's requests, so that
+        a context the failure left unusable serves again.
+        """
+        ...
+
     def close(self) -> None: ...

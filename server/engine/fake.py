@@ -52,7 +52,9 @@ class FakeEngine:
         self._slots = [_Slot() for _ in range(n_slots)]
         self._step_delay = step_delay
         self.fail_next_step = False
+        self.broken = False  # every step fails until reset(), like an unusable llama.cpp context
         self.steps = 0
+        self.resets = 0
         self.prefilled_tokens = 0
         self._info = ModelInfo(
             id=model_id,
@@ -115,6 +117,8 @@ class FakeEngine:
         self.steps += 1
         if self._step_delay:
             time.sleep(self._step_delay)
+        if self.broken:
+            raise EngineError("simulated unusable context")
         if self.fail_next_step:
             self.fail_next_step = False
             raise EngineError("simulated decode failure")
@@ -148,6 +152,14 @@ class FakeEngine:
         s.active = False
         s.pending = []
         if not keep_cache:
+            s.cache = []
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.broken = False
+        for s in self._slots:
+            s.active = False
+            s.pending = []
             s.cache = []
 
     def close(self) -> None:

@@ -1,0 +1,112 @@
+"""/v1/embeddings through the openai SDK, with a deterministic embedder beside the FakeEngine."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from server.embeddings_service import EmbeddingsService
+from server.engine.fake import FakeEngine
+
+DIM = 8
+
+
+class HashEmbedder:
+    """Mean of per-token pseudo-random vectors, normalised: deterministic, and inputs differ."""
+
+    n_embd = DIM
+    n_ctx = 64
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.closed = False
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def embed(self, tokens: Sequence[int]) -> list[float]:
+        self.calls.append(list(tokens))
+        acc = [0.0] * DIM
+        for t in tokens:
+            digest = hashlib.sha256(str(t).encode()).digest()
+            for i in range(DIM):
+                acc[i] += digest[i] / 255 - 0.5
+        norm = math.sqrt(sum(v * v for v in acc)) or 1.0
+        return [v / norm for v in acc]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def embedder(client: TestClient, engine: FakeEngine) -> HashEmbedder:
+    e = HashEmbedder()
+    service = client.app.state.llamaserve.service  # type: ignore[attr-defined]
+    service.embeddings = EmbeddingsService.with_embedder(e, model_id="fake-model", n_vocab=engine.info.n_vocab)
+    return e
+
+
+def test_float_and_base64_agree(client: TestClient, embedder: HashEmbedder, spec_checks: list[str]) -> None:
+    body: dict[str, Any] = {"model": "fake-model", "input": ["cat", "dog"]}
+    floats = client.post("/v1/embeddings", json=body).json()
+    assert floats["object"] == "list" and floats["model"] == "fake-model"
+    assert [d["index"] for d in floats["data"]] == [0, 1]
+    assert floats["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
+    vec = floats["data"][0]["embedding"]
+    assert len(vec) == DIM and abs(sum(v * v for v in vec) - 1) < 1e-6
+    b64 = client.post("/v1/embeddings", json={**body, "encoding_format": "base64"}).json()
+    raw = base64.b64decode(b64["data"][0]["embedding"])
+    assert struct.unpack(f"<{DIM}f", raw) == pytest.approx(vec, abs=1e-6)
+    assert spec_checks == ["CreateEmbeddingResponse", "CreateEmbeddingResponse"]
+
+
+def test_sdk_embeddings_every_input_form(sdk: OpenAI, embedder: HashEmbedder) -> None:
+    one = sdk.embeddings.create(model="fake-model", input="cat")  # the SDK asks for base64 and decodes
+    assert len(one.data) == 1 and len(one.data[0].embedding) == DIM
+    ids = sdk.embeddings.create(model="fake-model", input=list(b"cat"))
+    assert ids.data[0].embedding == pytest.approx(one.data[0].embedding, abs=1e-6)
+    many = sdk.embeddings.create(model="fake-model", input=[list(b"cat"), list(b"dogs")])
+    assert len(many.data) == 2 and many.usage.prompt_tokens == 7
+    assert many.data[0].embedding != many.data[1].embedding
+    assert sdk.embeddings.create(model="fake-model", input="cat", dimensions=DIM).data[0].embedding
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "cat", "dimensions": 4}, "dimensions"),
+        ({"input": ""}, "input"),
+        ({"input": ["a", ""]}, "input"),
+        ({"input": []}, "input"),
+        ({"input": [[]]}, "input"),
+        ({"input": [5, 99999]}, "input"),
+        ({"input": "x" * 100}, "input"),  # longer than the embedder's context
+        ({"input": "cat", "encoding_format": "hex"}, "encoding_format"),
+        ({}, "input"),
+    ],
+)
+def test_refusals(client: TestClient, embedder: HashEmbedder, body: dict[str, Any], param: str) -> None:
+    r = client.post("/v1/embeddings", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert embedder.calls == []
+
+
+def test_unknown_model_is_404(sdk: OpenAI, embedder: HashEmbedder) -> None:
+    with pytest.raises(openai.NotFoundError):
+        sdk.embeddings.create(model="text-embedding-3-small", input="cat")
+
+
+def test_a_model_without_a_file_cannot_embed(sdk: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.embeddings.create(model="fake-model", input="cat")
+    assert err.value.code == "embeddings_unavailable"

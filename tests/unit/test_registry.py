@@ -1,0 +1,215 @@
+"""The model registry: routing by name, loading on first use, LRU and idle unloading (fake engines)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.engine.base import Engine, SamplingParams
+from server.engine.fake import FakeEngine
+from server.errors import ModelNotFoundError, ServiceUnavailableError
+from server.registry import LoadedModel, ModelRegistry
+from server.scheduler import ErrorEvent, GenerationRequest, Scheduler
+from server.service import ChatService
+from server.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """Engine factory and serve callback that note what was loaded and closed."""
+
+    def __init__(self, *, step_delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.loads: list[str] = []
+        self.closes: list[str] = []
+        self.step_delay = step_delay
+        self.gate = gate
+
+    def load(self, s: Settings) -> Engine:
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        self.loads.append(s.alias or "?")
+        return FakeEngine(model_id=s.alias or "?", reply=lambda p: "x" * 200, step_delay=self.step_delay, n_slots=1)
+
+    def serve(self, s: Settings, engine: Engine) -> LoadedModel:
+        scheduler = Scheduler(engine, max_queue=4)
+        scheduler.start()
+        service = ChatService(engine, scheduler, model_id=s.alias or "?")
+        name = s.alias or "?"
+
+        def close() -> None:
+            scheduler.stop()
+            engine.close()
+            self.closes.append(name)
+
+        return LoadedModel(engine, scheduler, service, close)
+
+
+def models(*aliases: str) -> list[Settings]:
+    return [Settings(alias=a, ctx_size=256, parallel=1) for a in aliases]
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[Clock]:
+    yield Clock()
+
+
+async def test_lists_every_model_and_loads_on_first_request(clock: Clock) -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("a", "b", "c"), load=rec.load, serve=rec.serve, max_loaded=1, clock=clock)
+    await reg.start()
+    try:
+        assert [m.id for m in reg.list_models().data] == ["a", "b", "c"]
+        assert reg.loaded_ids() == ["a"]  # only what fits is loaded up front
+        clock.now += 10
+        service = await reg.service("b")
+        assert service.model_id == "b"
+        assert reg.loaded_ids() == ["b"]
+        assert rec.loads == ["a", "b"] and rec.closes == ["a"]  # the least recently used went
+        clock.now += 10
+        assert (await asyncio.wait_for(reg.service(None), 30)).model_id == "a"  # no name: the first model
+    finally:
+        await reg.close()
+    assert rec.closes == ["a", "b", "a"]
+
+
+async def test_least_recently_used_is_unloaded(clock: Clock) -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("a", "b", "c"), load=rec.load, serve=rec.serve, max_loaded=2, clock=clock)
+    await reg.start()
+    try:
+        assert reg.loaded_ids() == ["a", "b"]
+        clock.now += 10
+        await reg.service("a")  # a is now more recent than b
+        clock.now += 10
+        await asyncio.wait_for(reg.service("c"), 30)
+        assert sorted(reg.loaded_ids()) == ["a", "c"]
+        assert rec.closes == ["b"]
+    finally:
+        await reg.close()
+
+
+async def test_unknown_model_is_404() -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("a"), load=rec.load, serve=rec.serve)
+    await reg.start()
+    try:
+        with pytest.raises(ModelNotFoundError, match="'nope' does not exist"):
+            await reg.service("nope")
+        with pytest.raises(ModelNotFoundError):
+            reg.model("nope")
+    finally:
+        await reg.close()
+
+
+async def test_a_busy_model_is_not_unloaded_until_its_requests_end(clock: Clock) -> None:
+    rec = Recorder(step_delay=0.01)
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, max_loaded=1, clock=clock)
+    await reg.start()
+    try:
+        service_a = await reg.service("a")
+        handle = service_a.scheduler.submit(GenerationRequest([1, 2, 3], SamplingParams(), max_tokens=100_000))
+        clock.now += 10
+        want_b = asyncio.create_task(reg.service("b"))
+        await asyncio.sleep(0.3)
+        assert not want_b.done()  # a is generating: b waits rather than exceed the limit
+        assert reg.waiting == 1  # the wait shows in the queue gauge
+        assert reg.loaded_ids() == ["a"]
+        handle.cancel()
+        service_b = await asyncio.wait_for(want_b, 30)
+        assert service_b.model_id == "b"
+        assert reg.loaded_ids() == ["b"] and rec.closes == ["a"]
+        assert reg.waiting == 0
+    finally:
+        await reg.close()
+
+
+async def test_waiting_for_a_load_is_counted_as_waiting() -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, max_loaded=0)
+    gate.set()
+    await reg.start()
+    gate.clear()
+    try:
+        await reg.close()
+        reg._closed = False  # reopen with nothing loaded, to watch a load from the start
+        pending = asyncio.create_task(reg.service("b"))
+        for _ in range(200):
+            if reg.waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert reg.waiting == 1 and not pending.done()
+        gate.set()
+        assert (await asyncio.wait_for(pending, 30)).model_id == "b"
+        assert reg.waiting == 0
+    finally:
+        gate.set()
+        await reg.close()
+
+
+async def test_idle_models_are_unloaded_and_come_back(clock: Clock) -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, idle_unload=0.2, clock=clock)
+    await reg.start()
+    try:
+        assert sorted(reg.loaded_ids()) == ["a", "b"]
+        clock.now += 60
+        await reg.service("a")  # a is used; b stays idle
+        for _ in range(300):
+            if rec.closes:
+                break
+            await asyncio.sleep(0.01)
+        assert reg.loaded_ids() == ["a"] and rec.closes == ["b"]
+        assert (await reg.service("b")).model_id == "b"  # loaded again on its next request
+        assert rec.loads == ["a", "b", "b"]
+    finally:
+        await reg.close()
+
+
+async def test_changes_are_reported(clock: Clock) -> None:
+    rec = Recorder()
+    seen: list[tuple[str, bool]] = []
+    reg = ModelRegistry(
+        models("a", "b"),
+        load=rec.load,
+        serve=rec.serve,
+        max_loaded=1,
+        clock=clock,
+        on_change=lambda model_id, loaded: seen.append((model_id, loaded is not None)),
+    )
+    await reg.start()
+    clock.now += 10
+    await reg.service("b")
+    await reg.close()
+    assert seen == [("a", True), ("a", False), ("b", True), ("b", False)]
+
+
+async def test_drain_interface_covers_every_model(clock: Clock) -> None:
+    rec = Recorder(step_delay=0.01)
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, clock=clock)
+    await reg.start()
+    try:
+        service_b = await reg.service("b")
+        handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
+        await asyncio.wait_for(handle.admitted.wait(), 30)
+        assert reg.busy == 1  # b's request counts, though b is not the first model
+        reg.stop_accepting()
+        with pytest.raises(ServiceUnavailableError):
+            await reg.service("a")
+        with pytest.raises(ServiceUnavailableError):
+            service_b.scheduler.submit(GenerationRequest([1], SamplingParams(), max_tokens=1))
+        await asyncio.to_thread(reg.stop)
+        events = [ev async for ev in handle.events()]
+        assert isinstance(events[-1], ErrorEvent)  # the running request got its final error
+    finally:
+        await reg.close()

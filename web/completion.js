@@ -1,0 +1,89 @@
+// Completion mode: the model continues the text area's text in place (POST /v1/completions).
+
+import { isAbort, postStream, readChunks } from "./api.js";
+import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, waitMessage } from "./util.js";
+
+// OpenAI's legacy default is 16 tokens, too short to be useful here.
+export const COMPLETION_MAX_TOKENS = 256;
+export const COMPLETION_KEY = "llamaserve.completion.v1";
+
+// `ui` is what the page lends this mode: setRunning(on), pollHealth(), askForKey(retry), generate.
+export async function generate(app, ui) {
+  if (app.running) return;
+  const area = $("completion-text");
+  const before = area.value;
+  if (!before) {
+    showNotice("Write the start of a text first; Generate continues it.", "info");
+    return;
+  }
+  app.undoText = before;
+  const controller = new AbortController();
+  app.running = { controller, kind: "completion" };
+  ui.setRunning(true);
+  hideNotice();
+  const meter = new Meter();
+  const statsEl = $("completion-stats");
+  statsEl.textContent = "";
+  const request = {
+    ...samplingBody(app.settings, app.model.id),
+    prompt: before,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  request.max_tokens ??= COMPLETION_MAX_TOKENS;
+  let note = "";
+  let askKey = false;
+  try {
+    const response = await postStream("/v1/completions", request, {
+      apiKey: app.apiKey,
+      signal: controller.signal,
+      onWait: (secs, err) => {
+        if (secs > 0) showNotice(waitMessage(secs, err), "wait");
+        else meter.restart();
+      },
+    });
+    hideNotice();
+    for await (const chunk of readChunks(response)) {
+      const choice = chunk.choices?.[0];
+      if (choice?.text) {
+        meter.piece();
+        const stick = area.scrollHeight - area.scrollTop - area.clientHeight < 80;
+        area.value += choice.text;
+        if (stick) area.scrollTop = area.scrollHeight;
+        statsEl.textContent = formatStats(meter.stats());
+      }
+      if (choice?.finish_reason === "length") note = "stopped at max tokens";
+      if (chunk.usage) meter.usage = chunk.usage;
+    }
+  } catch (err) {
+    if (isAbort(err)) {
+      note = "stopped";
+      hideNotice();
+    } else if (err.status === 401) {
+      askKey = true;
+    } else {
+      showNotice(err.message, "error");
+    }
+  } finally {
+    app.running = null;
+    ui.setRunning(false);
+    ui.pollHealth();
+  }
+  store(COMPLETION_KEY, area.value);
+  if (askKey) {
+    app.undoText = null;
+    ui.setRunning(false);
+    ui.askForKey(ui.generate);
+    return;
+  }
+  statsEl.textContent = formatStats(meter.stats(note));
+}
+
+export function undo(app) {
+  if (app.running || app.undoText === null) return;
+  $("completion-text").value = app.undoText;
+  store(COMPLETION_KEY, app.undoText);
+  app.undoText = null;
+  $("undo").disabled = true;
+  $("completion-stats").textContent = "";
+}
