@@ -291,6 +291,15 @@ def _open_browser_later(url: str) -> None:
     timer.start()
 
 
+def browser_url(host: str, port: int) -> str:
+    """The address a browser on this machine can open: a wildcard bind is reached by loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
 
@@ -298,8 +307,7 @@ def serve(settings: Settings, sock: socket.socket) -> None:
     from server.shutdown import serve as serve_gracefully
 
     host, port = sock.getsockname()[:2]
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"http://{shown_host}:{port}/"
+    url = browser_url(host, port)
     log.info("llamaserve %s listening on %s", __version__, url)
     if not settings.no_browser and _has_display():
         _open_browser_later(url)

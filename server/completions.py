@@ -191,17 +191,7 @@ class CompletionService(GenerationService):
         n_choices = len(plan.prompts) * plan.n
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, object]:
-            c = Completion(
-                id=request_id,
-                created=created,
-                model=self.model_id,
-                system_fingerprint=self.fingerprint,
-                choices=choices,
-                usage=usage,
-            ).model_dump()
-            if not include_usage:
-                c.pop("usage")
-            return c
+            return self.wire_chunk(Completion, request_id, created, choices, usage, include_usage=include_usage)
 
         choices = [_Choice() for _ in range(n_choices)]
         if req.echo:

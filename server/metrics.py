@@ -148,6 +148,11 @@ class Metrics:
         self.requests_failed = Counter(
             f"{p}_requests_failed", "Sequences ended by an error: an engine failure or the request timeout.", registry=r
         )
+        self.engine_step_errors = Counter(
+            f"{p}_engine_step_errors",
+            "Engine steps that failed; their requests failed and the llama.cpp context was recreated.",
+            registry=r,
+        )
         self.requests_rejected = Counter(
             f"{p}_requests_rejected",
             "Requests refused before generation: queue_full (429), context_overflow and invalid (400).",
@@ -252,6 +257,8 @@ class Metrics:
             self.requests_failed.inc()
 
     def step_done(self, slots_busy: int, waiting: int, kv_cells: int, step_error: bool) -> None:
+        if step_error:
+            self.engine_step_errors.inc()
         self.requests_running.set(slots_busy)
         self.slots_busy.set(slots_busy)
         self.requests_waiting.set(waiting)

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from server.chat_template import render_chat, template_for_engine
 from server.completions import CompletionService
@@ -328,17 +329,8 @@ class ChatService(GenerationService):
         created = self.now()
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> dict[str, object]:
-            c = ChatCompletionChunk(
-                id=request_id,
-                created=created,
-                model=self.model_id,
-                system_fingerprint=self.fingerprint,
-                choices=choices,
-                usage=usage,
-            ).model_dump()
-            if not include_usage:
-                c.pop("usage")
-            for ch, choice in zip(c["choices"], choices, strict=True):
+            c = self.wire_chunk(ChatCompletionChunk, request_id, created, choices, usage, include_usage=include_usage)
+            for ch, choice in zip(cast("list[dict[str, object]]", c["choices"]), choices, strict=True):
                 # Absent fields are left out at every depth, tool-call deltas included, as OpenAI does.
                 ch["delta"] = choice.delta.model_dump(exclude_none=True)
             return c

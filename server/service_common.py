@@ -12,6 +12,9 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from server.engine.base import Engine, FinishReason, SamplingParams
 from server.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
@@ -27,6 +30,9 @@ DEFAULT_MIN_P = 0.05
 MAX_STOP_STRINGS = 4
 
 
+ChunkT = TypeVar("ChunkT", bound=BaseModel)
+
+
 class GenerationService:
     def __init__(self, engine: Engine, scheduler: Scheduler, *, model_id: str, fingerprint: str, created: int) -> None:
         self.engine = engine
@@ -34,6 +40,29 @@ class GenerationService:
         self.model_id = model_id
         self.fingerprint = fingerprint
         self.created = created
+
+    def wire_chunk(
+        self,
+        cls: type[ChunkT],
+        request_id: str,
+        created: int,
+        choices: Sequence[object],
+        usage: Usage | None,
+        *,
+        include_usage: bool,
+    ) -> dict[str, object]:
+        """One stream chunk as a dict; ``usage`` is sent (null until the last) only when asked for."""
+        chunk = cls(
+            id=request_id,
+            created=created,
+            model=self.model_id,
+            system_fingerprint=self.fingerprint,
+            choices=choices,
+            usage=usage,
+        ).model_dump()
+        if not include_usage:
+            chunk.pop("usage")
+        return chunk
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_id:

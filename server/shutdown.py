@@ -49,7 +49,8 @@ async def drain(state: AppState, timeout: float, hurry: asyncio.Event | None = N
     Returns how many requests were still running or queued when the wait ended.
     """
     state.status = "draining"
-    scheduler = state.scheduler
+    # With several models the registry drains them all through the same four members.
+    scheduler = state.registry if state.registry is not None else state.scheduler
     if scheduler is None:
         return 0
     scheduler.stop_accepting()

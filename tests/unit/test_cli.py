@@ -263,3 +263,17 @@ def test_preflight_resolves_every_model_and_refuses_duplicate_ids(tmp_path: Path
     config.write_text(f'[[models]]\npath = "{path}"\n[[models]]\npath = "{copy / "m.gguf"}"\n')
     with pytest.raises(ConfigError, match="would both be called 'm'"):
         cli.preflight(load(config_file=config))
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8080/"),
+        ("0.0.0.0", "http://127.0.0.1:8080/"),
+        ("::", "http://[::1]:8080/"),
+        ("::1", "http://[::1]:8080/"),
+        ("192.168.1.5", "http://192.168.1.5:8080/"),
+    ],
+)
+def test_the_browser_is_sent_to_an_address_it_can_open(host: str, url: str) -> None:
+    assert cli.browser_url(host, 8080) == url

@@ -175,6 +175,13 @@ def test_engine_failure_counts_as_failed(metrics: Metrics) -> None:
     assert value(metrics, "llamaserve_requests_cancelled_total") == 0
 
 
+def test_failed_engine_steps_are_counted(metrics: Metrics) -> None:
+    metrics.step_done(slots_busy=0, waiting=0, kv_cells=0, step_error=False)
+    assert value(metrics, "llamaserve_engine_step_errors_total") == 0
+    metrics.step_done(slots_busy=0, waiting=0, kv_cells=0, step_error=True)
+    assert value(metrics, "llamaserve_engine_step_errors_total") == 1
+
+
 def test_rejections_by_reason(metrics: Metrics) -> None:
     for reason in ("queue_full", "context_overflow", "invalid"):
         assert value(metrics, "llamaserve_requests_rejected_total", reason=reason) == 0  # present before any

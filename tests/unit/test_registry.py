@@ -213,3 +213,23 @@ async def test_drain_interface_covers_every_model(clock: Clock) -> None:
         assert isinstance(events[-1], ErrorEvent)  # the running request got its final error
     finally:
         await reg.close()
+
+
+async def test_shutdown_drain_waits_for_and_ends_every_models_requests(clock: Clock) -> None:
+    from server.shutdown import drain
+    from server.state import AppState
+
+    rec = Recorder(step_delay=0.01)
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, clock=clock)
+    await reg.start()
+    try:
+        service_b = await reg.service("b")
+        handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
+        await asyncio.wait_for(handle.admitted.wait(), 30)
+        state = AppState(settings=Settings(), registry=reg)
+        left = await drain(state, timeout=0.2)
+        assert left == 1  # the second model's request was still running, so it was waited for
+        events = [ev async for ev in handle.events()]
+        assert isinstance(events[-1], ErrorEvent)
+    finally:
+        await reg.close()
