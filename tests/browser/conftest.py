@@ -20,7 +20,9 @@ from tests.browser.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DESKTOP, D
 from tests.helpers.live import live_server
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, and every later test that runs asyncio would then fail.
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Playwright]:
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: run scripts/test-deps.sh (apt-get install chromium)")
@@ -28,7 +30,7 @@ def playwright_instance() -> Iterator[Playwright]:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     yield b

