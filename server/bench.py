@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +38,12 @@ class StreamResult:
     tokens: int = 0
     error: str | None = None
 
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens after the first over the time from first to last: the rate without the prefill."""
+        span = sum(self.gaps)
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else None
+
 
 @dataclass
 class LevelReport:
@@ -50,6 +57,7 @@ class LevelReport:
     ttft_p95: float
     itl_p50: float
     itl_p95: float
+    decode_tokens_per_second_per_stream: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,7 +76,13 @@ async def one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> St
         "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": 0.7,
+        # llama.cpp's sampling defaults, as the engine-only measurement uses them; ignore_eos makes
+        # every request generate exactly max_tokens, so runs compare like with like.
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.0,
+        "ignore_eos": True,
     }
     start = time.perf_counter()
     last = start
@@ -124,6 +138,11 @@ async def run_level(url: str, concurrency: int, rounds: int, max_tokens: int) ->
         ttft_p95=round(percentile(ttfts, 0.95), 4),
         itl_p50=round(percentile(gaps, 0.5), 4),
         itl_p95=round(percentile(gaps, 0.95), 4),
+        decode_tokens_per_second_per_stream=round(
+            statistics.fmean(d for r in ok if (d := r.decode_tokens_per_second) is not None), 1
+        )
+        if ok
+        else 0.0,
     )
 
 
@@ -179,17 +198,21 @@ def engine_only(levels: list[int], max_tokens: int) -> list[dict[str, float]]:
 
     path = str(bundled_model_path())
     return [
-        {"concurrency": n, "engine_tokens_per_second": round(measure_engine_decode(path, n, max_tokens), 1)}
+        {"concurrency": n, "engine_tokens_per_second": round(measure_engine_decode(path, n, max_tokens, repeats=3), 1)}
         for n in levels
     ]
 
 
 def format_table(reports: list[LevelReport]) -> str:
-    head = "| streams | tokens/s | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 | requests | errors |"
-    rows = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        "| streams | tokens/s (all streams) | decode tokens/s per stream | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 "
+        "| requests | errors |"
+    )
+    rows = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
         rows.append(
-            f"| {r.concurrency} | {r.tokens_per_second:.1f} | {r.ttft_p50 * 1000:.0f} ms | {r.ttft_p95 * 1000:.0f} ms "
+            f"| {r.concurrency} | {r.tokens_per_second:.1f} | {r.decode_tokens_per_second_per_stream:.1f} "
+            f"| {r.ttft_p50 * 1000:.0f} ms | {r.ttft_p95 * 1000:.0f} ms "
             f"| {r.itl_p50 * 1000:.1f} ms | {r.itl_p95 * 1000:.1f} ms | {r.requests} | {r.errors} |"
         )
     return "\n".join(rows)
@@ -206,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     levels = [int(x) for x in args.concurrency.split(",")]
 
     out: dict[str, object] = {"machine": {"cpus": os.cpu_count()}, "max_tokens": args.max_tokens}
@@ -224,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     out["http"] = [asdict(r) for r in reports]
     if reports and reports[0].tokens_per_second:
         out["speedup_at_max_vs_1"] = round(reports[-1].tokens_per_second / reports[0].tokens_per_second, 2)
+    engine_rows: list[dict[str, float]] = out.get("engine", [])  # type: ignore[assignment]
+    single = [r for r in reports if r.concurrency == 1]
+    engine_single = [e["engine_tokens_per_second"] for e in engine_rows if e["concurrency"] == 1]
+    if single and engine_single and engine_single[0]:
+        # Like with like: both rates leave the prompt's prefill out.
+        out["http_decode_vs_engine_1_stream"] = round(
+            single[0].decode_tokens_per_second_per_stream / engine_single[0], 2
+        )
 
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -231,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(format_table(reports) + "\n")
         if "speedup_at_max_vs_1" in out:
             sys.stdout.write(f"\nthroughput at {levels[-1]} streams / 1 stream: {out['speedup_at_max_vs_1']}x\n")
-        for row in out.get("engine", []):  # type: ignore[attr-defined]
+        for row in engine_rows:
             sys.stdout.write(
                 f"engine in-process, {row['concurrency']} seqs: {row['engine_tokens_per_second']} tokens/s\n"
             )
+        if "http_decode_vs_engine_1_stream" in out:
+            ratio = out["http_decode_vs_engine_1_stream"]
+            sys.stdout.write(f"single stream over HTTP / engine in-process (decode rates): {ratio}x\n")
     return 0
 
 

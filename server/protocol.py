@@ -133,6 +133,11 @@ class SamplingFields(_Request):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="llama.cpp min-p (default 0.05)")
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0, description="llama.cpp repeat penalty")
     grammar: str | None = Field(default=None, description="GBNF grammar (root rule 'root') constraining the output")
+    ignore_eos: bool | None = Field(
+        default=None,
+        description="never sample end-of-generation tokens (for benchmarks): generation ends on max_tokens, "
+        "a stop string or a full context",
+    )
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -40,6 +40,7 @@ class GenerationService:
         self.model_id = model_id
         self.fingerprint = fingerprint
         self.created = created
+        self._eog_ban: dict[int, float] | None = None  # computed on first use: it walks the vocabulary
 
     def wire_chunk(
         self,
@@ -96,6 +97,12 @@ class GenerationService:
     def sampling_params(
         self, req: SamplingFields, choice: int, *, top_logprobs: int | None, grammar: str | None
     ) -> SamplingParams:
+        if req.ignore_eos and grammar is not None:
+            # A grammar that is complete allows only end-of-generation: banning it leaves nothing.
+            raise InvalidRequestError(
+                "'ignore_eos' cannot be combined with a grammar, a JSON response_format or a forced tool call.",
+                param="ignore_eos",
+            )
         # Choice i samples with seed+i: reproducible, yet the n choices differ.
         seed = None if req.seed is None else (req.seed + choice) & 0xFFFFFFFF
         return SamplingParams(
@@ -107,10 +114,17 @@ class GenerationService:
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
-            logit_bias=self.logit_bias(req),
+            logit_bias={**self.logit_bias(req), **self.eog_ban()} if req.ignore_eos else self.logit_bias(req),
             grammar=grammar,
             top_logprobs=top_logprobs,
         )
+
+    def eog_ban(self) -> dict[int, float]:
+        """A logit bias that rules out every end-of-generation token of the vocabulary."""
+        if self._eog_ban is None:
+            eog = (t for t in range(self.engine.info.n_vocab) if self.engine.is_end_of_generation(t))
+            self._eog_ban = {t: float("-inf") for t in eog}
+        return self._eog_ban
 
     @staticmethod
     def stop_strings(req: SamplingFields) -> list[str]:

@@ -104,3 +104,12 @@ def test_models_list_and_retrieve(sdk: OpenAI) -> None:
 def test_health_is_ok_when_ready(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_ignore_eos_with_a_grammar_is_refused(client: TestClient) -> None:
+    r = client.post(
+        "/v1/chat/completions",
+        json={"messages": MESSAGES, "ignore_eos": True, "grammar": 'root ::= "yes"'},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "ignore_eos"

@@ -161,3 +161,19 @@ def test_second_turn_reuses_the_cached_prefix(sdk: OpenAI, model_id: str) -> Non
     # At least the whole first prompt was reused, so only the new turn was processed.
     assert cached >= r1.usage.prompt_tokens
     assert r2.usage.prompt_tokens - cached < r2.usage.prompt_tokens
+
+
+def test_ignore_eos_generates_exactly_max_tokens(sdk: OpenAI, model_id: str) -> None:
+    short = [SYSTEM, {"role": "user", "content": "Say hi."}]
+    natural = sdk.chat.completions.create(model=model_id, messages=short, temperature=0, max_tokens=200)  # type: ignore[arg-type]
+    assert natural.choices[0].finish_reason == "stop"
+    assert natural.usage is not None and natural.usage.completion_tokens < 100
+    forced = sdk.chat.completions.create(
+        model=model_id,
+        messages=short,
+        temperature=0,
+        max_tokens=100,
+        extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+    )
+    assert forced.choices[0].finish_reason == "length"
+    assert forced.usage is not None and forced.usage.completion_tokens == 100
