@@ -16,11 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from server.app import FAKE_ENGINE_ENV
 from tests.conftest import ROOT
-from tests.helpers.live import free_port
+from tests.helpers.live import free_port, wait_healthy
 
 
 @dataclass
@@ -66,16 +64,12 @@ def cli_server(
         )
     server = CliServer(f"http://127.0.0.1:{port}", proc, log)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            assert proc.poll() is None, f"server exited early:\n{server.log_tail()}"
-            assert time.monotonic() < deadline, "server did not become ready"
-            try:
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(
+            server.url,
+            alive=lambda: proc.poll() is None,
+            deadline=time.monotonic() + ready_timeout,
+            why=server.log_tail,
+        )
         yield server
     finally:
         if proc.poll() is None:

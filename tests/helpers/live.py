@@ -8,12 +8,25 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+
+
+def wait_healthy(url: str, *, alive: Callable[[], bool], deadline: float, why: Callable[[], str]) -> None:
+    """Poll ``url``/health until it answers 200; fail with ``why()`` if the server dies or time runs out."""
+    while True:
+        assert alive(), f"server exited early:\n{why()}"
+        assert time.monotonic() < deadline, f"server did not become ready:\n{why()}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -31,17 +44,10 @@ def live_server(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not become ready")
-            time.sleep(0.05)
+        wait_healthy(
+            url, alive=thread.is_alive, deadline=time.monotonic() + ready_timeout, why=lambda: "see the test's log"
+        )
         yield url
     finally:
         server.should_exit = True

@@ -19,6 +19,7 @@ import pytest
 from server.model_files import bundled_model_path
 from tests.conftest import ROOT
 from tests.helpers.gguf_files import write_header_only_gguf, write_split_copy
+from tests.helpers.live import wait_healthy
 
 pytestmark = pytest.mark.live
 
@@ -190,15 +191,7 @@ def cli_serving(log: Path, *args: str, timeout: float = 180) -> Iterator[str]:
                 m = re.search(r"listening on (http://127\.0\.0\.1:\d+)/", log.read_text())
                 url = m.group(1) if m else None
                 time.sleep(0.1)
-            while True:
-                assert proc.poll() is None, f"server exited early:\n{log.read_text()}"
-                assert time.monotonic() < deadline, "server did not become ready"
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+            wait_healthy(url, alive=lambda: proc.poll() is None, deadline=deadline, why=log.read_text)
             yield url
         finally:
             proc.terminate()
