@@ -17,7 +17,7 @@ import {
   samplingBody,
   showNotice,
   store,
-  waitMessage,
+  waitNotices,
 } from "./util.js";
 
 const KEYS = {
@@ -299,10 +299,7 @@ async function runChat(conv, reply, messages) {
     const response = await postStream("/v1/chat/completions", request, {
       apiKey: app.apiKey,
       signal: controller.signal,
-      onWait: (secs, err) => {
-        if (secs > 0) showNotice(waitMessage(secs, err), "wait");
-        else meter.restart();
-      },
+      onWait: waitNotices(meter),
     });
     hideNotice();
     pollHealth();

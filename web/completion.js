@@ -1,7 +1,7 @@
 // Completion mode: the model continues the text area's text in place (POST /v1/completions).
 
 import { isAbort, postStream, readChunks } from "./api.js";
-import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, waitMessage } from "./util.js";
+import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, waitNotices } from "./util.js";
 
 // OpenAI's legacy default is 16 tokens, too short to be useful here.
 export const COMPLETION_MAX_TOKENS = 256;
@@ -37,10 +37,7 @@ export async function generate(app, ui) {
     const response = await postStream("/v1/completions", request, {
       apiKey: app.apiKey,
       signal: controller.signal,
-      onWait: (secs, err) => {
-        if (secs > 0) showNotice(waitMessage(secs, err), "wait");
-        else meter.restart();
-      },
+      onWait: waitNotices(meter),
     });
     hideNotice();
     for await (const chunk of readChunks(response)) {

@@ -88,6 +88,14 @@ export function waitMessage(seconds, err) {
   return `Server busy, retrying in ${seconds} s`;
 }
 
+// What a streaming request shows while it waits for a slot (429/503), and the clock restart once it starts.
+export function waitNotices(meter) {
+  return (seconds, err) => {
+    if (seconds > 0) showNotice(waitMessage(seconds, err), "wait");
+    else meter.restart();
+  };
+}
+
 export function samplingBody(s, modelId) {
   const body = {};
   for (const key of ["temperature", "top_p", "min_p", "repeat_penalty"]) {

@@ -12,7 +12,7 @@ from server.engine.base import Engine, SamplingParams
 from server.engine.fake import FakeEngine
 from server.errors import ModelNotFoundError, ServiceUnavailableError
 from server.registry import LoadedModel, ModelRegistry
-from server.scheduler import ErrorEvent, GenerationRequest, Scheduler
+from server.scheduler import ErrorEvent, GenerationRequest, RequestHandle, Scheduler
 from server.service import ChatService
 from server.settings import Settings
 
@@ -194,14 +194,20 @@ async def test_changes_are_reported(clock: Clock) -> None:
     assert seen == [("a", True), ("a", False), ("b", True), ("b", False)]
 
 
-async def test_drain_interface_covers_every_model(clock: Clock) -> None:
+async def running_on_second_model(clock: Clock) -> tuple[ModelRegistry, ChatService, RequestHandle]:
+    """Two models, with a long request running on the second (not the default) one."""
     rec = Recorder(step_delay=0.01)
     reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, clock=clock)
     await reg.start()
+    service_b = await reg.service("b")
+    handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
+    await asyncio.wait_for(handle.admitted.wait(), 30)
+    return reg, service_b, handle
+
+
+async def test_drain_interface_covers_every_model(clock: Clock) -> None:
+    reg, service_b, handle = await running_on_second_model(clock)
     try:
-        service_b = await reg.service("b")
-        handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
-        await asyncio.wait_for(handle.admitted.wait(), 30)
         assert reg.busy == 1  # b's request counts, though b is not the first model
         reg.stop_accepting()
         with pytest.raises(ServiceUnavailableError):
@@ -219,13 +225,8 @@ async def test_shutdown_drain_waits_for_and_ends_every_models_requests(clock: Cl
     from server.shutdown import drain
     from server.state import AppState
 
-    rec = Recorder(step_delay=0.01)
-    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, clock=clock)
-    await reg.start()
+    reg, _, handle = await running_on_second_model(clock)
     try:
-        service_b = await reg.service("b")
-        handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
-        await asyncio.wait_for(handle.admitted.wait(), 30)
         state = AppState(settings=Settings(), registry=reg)
         left = await drain(state, timeout=0.2)
         assert left == 1  # the second model's request was still running, so it was waited for
