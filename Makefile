@@ -30,11 +30,11 @@ test-fast: install
 	$(PY) -m pytest -m "not model and not browser and not prometheus" $(ARGS)
 
 bench: install
-	$(PY) -m server.bench --spawn $(ARGS)
+	$(PY) -m benchmarks.bench --spawn $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check server tests
-	$(VENV)/bin/ruff format --check server tests
+	$(VENV)/bin/ruff check server tests benchmarks
+	$(VENV)/bin/ruff format --check server tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: built-in defaults < config file (TOML) < ``LLAMASERVE_*``
 environment variables < command-line flags. :func:`load` applies it; the CLI in
-:mod:`server.cli` builds its flags from the same fields, so ``--help`` shows every
+:mod:`server.cli.main` builds its flags from the same fields, so ``--help`` shows every
 default and a field added here gets its flag, its environment variable and its
 config key at once. ``config/default.toml`` lists every setting.
 """
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     api_keys: list[str] = Field(default_factory=list, description="accepted API keys (empty = no auth)")
     api_key_file: str | None = Field(default=None, description="file of accepted API keys, one per line")
-    # ---- security and reliability (server/security.py, server/limits.py, server/shutdown.py) ----
+    # ---- security and reliability (server/api/security.py, server/services/limits.py, server/api/shutdown.py) ----
     allow_unauthenticated: bool = Field(default=False, description="allow binding a non-loopback host without API keys")
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (repeatable; '*' = any; empty = CORS off)"

@@ -3,8 +3,20 @@
 An engine owns one model and ``n_slots`` sequence slots in one context. It is
 driven by exactly one thread (the scheduler's engine thread), so no method here
 is thread-safe and none needs to be. Text handling (detokenization, stop
-strings) lives above the engine, in :mod:`server.textstream`; the engine deals
+strings) lives above the engine, in :mod:`server.runtime.textstream`; the engine deals
 only in token ids and raw token bytes.
+
+Errors the engine raises (the service maps them to the API's error tree; the
+scheduler passes them on untouched)::
+
+    EngineError                  a failure inside the engine
+    ├── DecodeError              a step's decode failed; the engine stays usable
+    └── SequenceRefusedError     begin() refused this sequence; nothing changed
+        ├── InvalidGrammarError  the GBNF grammar does not parse
+        ├── PromptTooLongError   more prompt tokens than a slot holds
+        ├── EmptyPromptError     no prompt tokens at all
+        ├── TokenOutOfRangeError a prompt or logit-bias token outside the vocabulary
+        └── SlotBusyError        the slot already runs a sequence (a scheduler bug)
 
 Life of a sequence::
 
@@ -77,6 +89,9 @@ class ModelInfo:
     bos_token: int | None
     eos_token: int | None
     chat_template: str | None  # the Jinja template from the GGUF metadata, if any
+    # Every end-of-generation token of the vocabulary, found once at load: the scheduler ends a
+    # sequence on them, and ``ignore_eos`` bans them.
+    eog_tokens: frozenset[int] = frozenset()
     architecture: str = "unknown"
     quantization: str = "unknown"
     kv_cache_bytes: int = 0
@@ -85,6 +100,49 @@ class ModelInfo:
 
 class EngineError(Exception):
     """A failure inside the engine; the scheduler fails the affected sequences."""
+
+
+class DecodeError(EngineError):
+    """One batched decode failed; ``slots`` were in the batch and got no token this step.
+
+    Their KV cells were rolled back to the state before the step, so the slots may
+    go on (the failed tokens are scheduled again by the next step) or be released.
+    """
+
+    def __init__(self, message: str, *, code: int = -1, slots: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.slots = slots
+
+
+class SequenceRefusedError(EngineError):
+    """:meth:`Engine.begin` refused this sequence: the request is at fault, the slot is untouched."""
+
+
+class InvalidGrammarError(SequenceRefusedError):
+    """The GBNF grammar does not parse (llama.cpp logs why at debug level)."""
+
+
+class PromptTooLongError(SequenceRefusedError):
+    def __init__(self, n_tokens: int, limit: int) -> None:
+        super().__init__(f"the prompt has {n_tokens} tokens; a slot holds {limit}")
+        self.n_tokens = n_tokens
+        self.limit = limit
+
+
+class EmptyPromptError(SequenceRefusedError):
+    def __init__(self) -> None:
+        super().__init__("the prompt is empty")
+
+
+class TokenOutOfRangeError(SequenceRefusedError):
+    """A prompt token or a logit-bias key outside ``0..n_vocab-1``."""
+
+
+class SlotBusyError(SequenceRefusedError):
+    def __init__(self, slot: int) -> None:
+        super().__init__(f"slot {slot} is busy")
+        self.slot = slot
 
 
 class Engine(Protocol):
@@ -97,14 +155,15 @@ class Engine(Protocol):
         """The raw bytes of one token (may be a partial UTF-8 sequence)."""
         ...
 
-    def is_end_of_generation(self, token: int) -> bool: ...
-
     def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:
         """How many leading tokens of ``prompt`` slot already holds in its KV cells."""
         ...
 
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
         """Start a sequence in a free slot; returns how many prompt tokens were reused.
+
+        Raises a :class:`SequenceRefusedError` (and leaves the slot as it was) for a
+        sequence it cannot run.
 
         The prompt is prefilled by later :meth:`step` calls (chunked), and the
         first sampled token arrives from the step that consumes its last chunk.
@@ -117,8 +176,6 @@ class Engine(Protocol):
         Raises :class:`EngineError` when the decode fails; the engine stays usable.
         """
         ...
-
-    def has_work(self) -> bool: ...
 
     def slot_is_full(self, slot: int) -> bool:
         """True when the slot holds ``n_ctx_per_seq`` tokens and cannot decode another."""

@@ -12,7 +12,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.engine.base import EngineError, ModelInfo, SamplingParams, StepOutput, TokenLogprob
+from server.engine.base import (
+    EmptyPromptError,
+    EngineError,
+    InvalidGrammarError,
+    ModelInfo,
+    PromptTooLongError,
+    SamplingParams,
+    SlotBusyError,
+    StepOutput,
+    TokenLogprob,
+    TokenOutOfRangeError,
+)
 
 BOS = 256
 EOS = 257
@@ -67,6 +78,7 @@ class FakeEngine:
             bos_token=BOS,
             eos_token=EOS,
             chat_template=chat_template,
+            eog_tokens=frozenset({EOS}),
             architecture="fake",
             quantization="none",
         )
@@ -82,9 +94,6 @@ class FakeEngine:
     def token_bytes(self, token: int) -> bytes:
         return bytes([token]) if token < 256 else b""
 
-    def is_end_of_generation(self, token: int) -> bool:
-        return token == EOS
-
     def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:
         n = 0
         for a, b in zip(self._slots[slot].cache, prompt, strict=False):
@@ -94,9 +103,20 @@ class FakeEngine:
         return min(n, len(prompt) - 1)
 
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        if params.grammar is not None and "::=" not in params.grammar:
-            raise ValueError("invalid grammar")
+        # The same refusals, in the same order, as the llama.cpp engine: the slot stays untouched.
         s = self._slots[slot]
+        if s.active:
+            raise SlotBusyError(slot)
+        if not prompt:
+            raise EmptyPromptError()
+        if len(prompt) > self._info.n_ctx_per_seq:
+            raise PromptTooLongError(len(prompt), self._info.n_ctx_per_seq)
+        if min(prompt) < 0 or max(prompt) >= self._info.n_vocab:
+            raise TokenOutOfRangeError("the prompt holds a token outside the vocabulary")
+        if any(not 0 <= t < self._info.n_vocab for t in params.logit_bias):
+            raise TokenOutOfRangeError("logit_bias names a token outside the vocabulary")
+        if params.grammar is not None and params.grammar.strip() and "::=" not in params.grammar:
+            raise InvalidGrammarError("the grammar does not parse as GBNF with a 'root' rule")
         reused = self.cached_prefix_len(slot, prompt)
         s.cache = list(prompt[:reused])
         s.pending = list(prompt[reused:])
@@ -107,8 +127,9 @@ class FakeEngine:
         s.top_logprobs = params.top_logprobs
         return reused
 
-    def has_work(self) -> bool:
-        return any(s.active for s in self._slots)
+    def active_slots(self) -> int:
+        """Slots running a sequence (for tests: what the engine holds, not the scheduler's view)."""
+        return sum(s.active for s in self._slots)
 
     def slot_is_full(self, slot: int) -> bool:
         return len(self._slots[slot].cache) >= self._info.n_ctx_per_seq

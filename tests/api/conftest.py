@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.spec.openapi import OpenAISpec, check_http_response, load_spec

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import load
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.embeddings_service import EmbeddingsService
 from server.engine.fake import FakeEngine
+from server.services.embeddings import EmbeddingsService
 
 DIM = 8
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.base import Engine
 from server.engine.fake import FakeEngine
 from server.errors import AuthenticationError, QueueFullError, ServiceUnavailableError

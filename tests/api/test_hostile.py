@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
-from server.limits import RequestLimits, json_depth_exceeds
+from server.services.limits import RequestLimits, json_depth_exceeds
 from server.settings import Settings
 
 USER = {"role": "user", "content": "hi"}

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.api.app import create_app
+from server.api.state import AppState
 from server.engine.fake import FakeEngine
-from server.logging_setup import make_handler
+from server.ops.logs import make_handler
 from server.settings import Settings
-from server.state import AppState
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]

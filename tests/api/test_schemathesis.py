@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 

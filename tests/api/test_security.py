@@ -1,4 +1,4 @@
-"""API keys, CORS and the body size limit, in-process (server/security.py)."""
+"""API keys, CORS and the body size limit, in-process (server/api/security.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
+from server.api.security import is_loopback
 from server.engine.fake import FakeEngine
-from server.security import is_loopback
 from server.settings import Settings
 
 KEYS = ["sk-first-key", "sk-second-key", "sk-third-key"]
@@ -120,7 +120,7 @@ def test_every_key_is_compared_in_constant_time(keyed: TestClient, monkeypatch: 
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("server.security.hmac.compare_digest", spy)
+    monkeypatch.setattr("server.api.security.hmac.compare_digest", spy)
     # The first key matches, yet all three are still compared: no early exit reveals which one matched.
     assert keyed.get("/v1/models", headers={"Authorization": "Bearer sk-first-key"}).status_code == 200
     assert len(calls) == len(KEYS)
@@ -219,7 +219,7 @@ def test_key_is_checked_before_the_body_is_read() -> None:
 
 
 def test_a_non_loopback_host_without_keys_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from server.cli.main import main
 
     assert main(["--host", "0.0.0.0", "--port", "0", "--no-browser"]) == 2
     err = capsys.readouterr().err
@@ -227,13 +227,13 @@ def test_a_non_loopback_host_without_keys_is_refused(capsys: pytest.CaptureFixtu
 
 
 def test_exposure_rules(caplog: pytest.LogCaptureFixture) -> None:
-    from server.security import check_exposure
+    from server.api.security import check_exposure
     from server.settings import ConfigError
 
     check_exposure(Settings(host="127.0.0.1"))
     check_exposure(Settings(host="0.0.0.0", api_keys=["k"]))
     with pytest.raises(ConfigError):
         check_exposure(Settings(host="192.168.1.10"))
-    with caplog.at_level("WARNING", logger="server.security"):
+    with caplog.at_level("WARNING", logger="server.api.security"):
         check_exposure(Settings(host="0.0.0.0", allow_unauthenticated=True))
     assert "WITHOUT authentication" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import BadRequestError, OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.base import SamplingParams
 from server.engine.fake import BOS, FakeEngine
 from server.settings import Settings
@@ -224,7 +224,7 @@ def test_tool_result_round_trip_renders_and_answers(weather: Served) -> None:
     assert answer.choices[0].message.content == "It is 21 degrees and sunny in Paris."
     assert answer.choices[0].finish_reason == "stop"
     prompt = client.post("/apply-template", json={"messages": history, "tools": [WEATHER]}).json()["prompt"]
-    # The generic format folds the exchange into the user turn as context (see server/tools.py).
+    # The generic format folds the exchange into the user turn as context (see server/prompting/tools.py).
     assert prompt.endswith(
         "<|im_start|>user\nWhat's the weather in Paris?\n\n"
         '[get_weather({"city": "Paris"}) returned: {"temp_c": 21, "sky": "sunny"}]<|im_end|>\n<|im_start|>assistant\n'

@@ -7,7 +7,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import WEB_DIR, create_app
+from server.api.app import WEB_DIR, create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 

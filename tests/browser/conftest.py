@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.browser.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DESKTOP, DialogWatch, PageFactory, scripted_reply

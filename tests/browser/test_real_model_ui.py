@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from server.app import create_app
+from server.api.app import create_app
 from server.settings import Settings
 from tests.browser.support import PageFactory
 from tests.helpers.live import live_server
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.live, pytest.mark.model]
 @pytest.fixture(scope="module")
 def real_server() -> Iterator[str]:
     try:
-        from server.model_files import bundled_model_path
+        from server.engine.llama.model_files import bundled_model_path
 
         bundled_model_path()
     except (ImportError, FileNotFoundError):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Response, expect
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.browser.support import PageFactory, scripted_reply

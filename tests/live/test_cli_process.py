@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.model_files import bundled_model_path
+from server.engine.llama.model_files import bundled_model_path
 from tests.conftest import ROOT
 from tests.helpers.gguf_files import write_header_only_gguf, write_split_copy
 from tests.helpers.live import wait_healthy
@@ -138,7 +138,7 @@ def test_help_and_version() -> None:
 def greedy_completion(prompt: str, n: int) -> str:
     """What -p should print, computed by driving the engine directly (no scheduler, no CLI)."""
     from server.engine.base import SamplingParams
-    from server.engine.llama import LlamaEngine
+    from server.engine.llama.engine import LlamaEngine
 
     engine = LlamaEngine(str(bundled_model_path()), model_id="check", n_slots=1, n_ctx_per_seq=256)
     try:
@@ -148,7 +148,7 @@ def greedy_completion(prompt: str, n: int) -> str:
         produced = 0
         while produced < n:
             for step in engine.step():
-                if engine.is_end_of_generation(step.token):
+                if step.token in engine.info.eog_tokens:
                     return out.decode("utf-8", errors="replace")
                 out += engine.token_bytes(step.token)
                 produced += 1

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.conftest import ROOT

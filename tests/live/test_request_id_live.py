@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
-from server.logging_setup import make_handler
+from server.ops.logs import make_handler
 from server.settings import Settings
 from tests.helpers.live import live_server
 

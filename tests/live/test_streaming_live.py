@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from server.app import create_app
+from server.api.app import create_app
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.helpers.live import live_server

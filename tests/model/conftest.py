@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.llama import LlamaEngine
-from server.model_files import ModelFileError, bundled_model_path
+from server.engine.llama.engine import LlamaEngine
+from server.engine.llama.model_files import ModelFileError, bundled_model_path
 
 
 @pytest.fixture(scope="session")

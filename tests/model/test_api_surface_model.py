@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
-from server.engine.llama import LlamaEngine
+from server.api.app import create_app
+from server.engine.llama.engine import LlamaEngine
 from server.protocol import ChatMessage
 from server.settings import Settings
 from tests.api.conftest import spec_hook

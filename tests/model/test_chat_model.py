@@ -10,7 +10,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from server.app import create_app
+from server.api.app import create_app
 from server.settings import Settings
 from tests.helpers.live import live_server
 

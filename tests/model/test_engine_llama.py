@@ -7,8 +7,16 @@ from collections.abc import Iterator
 import llama_cpp
 import pytest
 
-from server.engine.base import EngineError, SamplingParams, StepOutput
-from server.engine.llama import DecodeError, LlamaEngine
+from server.engine.base import (
+    DecodeError,
+    EngineError,
+    InvalidGrammarError,
+    PromptTooLongError,
+    SamplingParams,
+    SlotBusyError,
+    StepOutput,
+)
+from server.engine.llama.engine import LlamaEngine
 
 pytestmark = pytest.mark.model
 
@@ -35,12 +43,11 @@ def run(engine: LlamaEngine, slots: dict[int, SamplingParams], prompt: list[int]
     out: dict[int, list[int]] = {slot: [] for slot in slots}
     running = set(slots)
     while running:
-        assert engine.has_work()
         for o in engine.step():
             if o.slot not in running:
                 continue
             out[o.slot].append(o.token)
-            if engine.is_end_of_generation(o.token) or len(out[o.slot]) >= n:
+            if o.token in engine.info.eog_tokens or len(out[o.slot]) >= n:
                 engine.release(o.slot)
                 running.discard(o.slot)
     return out
@@ -70,7 +77,7 @@ def test_greedy_answers_the_capital_of_france(engine: LlamaEngine) -> None:
 def test_end_of_generation_renders_as_nothing(engine: LlamaEngine) -> None:
     im_end = engine.tokenize("<|im_end|>", add_special=False, parse_special=True)
     assert len(im_end) == 1
-    assert engine.is_end_of_generation(im_end[0])
+    assert im_end[0] in engine.info.eog_tokens
     assert engine.token_bytes(im_end[0]) == b""
     assert engine.token_bytes(im_end[0], special=True) == b"<|im_end|>"
     assert engine.token_bytes(engine.tokenize("Paris", add_special=False, parse_special=False)[0]) == b"Paris"
@@ -143,17 +150,17 @@ def test_grammar_constrains_the_answer(engine: LlamaEngine) -> None:
     prompt = prompt_of(engine, "<|im_start|>user\nIs the sky green?<|im_end|>\n<|im_start|>assistant\n")
     params = SamplingParams(temperature=1.0, seed=7, grammar='root ::= "yes" | "no"')
     tokens = run(engine, {0: params}, prompt, 8)[0]
-    assert engine.is_end_of_generation(tokens[-1])
+    assert tokens[-1] in engine.info.eog_tokens
     assert text_of(engine, tokens) in {"yes", "no"}
 
 
-def test_invalid_grammar_raises_value_error_and_leaves_the_slot_free(engine: LlamaEngine) -> None:
+def test_invalid_grammar_raises_its_typed_error_and_leaves_the_slot_free(engine: LlamaEngine) -> None:
     prompt = prompt_of(engine)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidGrammarError):
         engine.begin(0, prompt, SamplingParams(grammar="root ::= ( unclosed"))
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidGrammarError):
         engine.begin(0, prompt, SamplingParams(grammar='root ::= missing-rule "x"'))
-    assert not engine.has_work()
+    assert engine.step() == []  # nothing was started
     assert "Paris" in text_of(engine, run(engine, {0: GREEDY}, prompt, 16)[0])
 
 
@@ -209,13 +216,16 @@ def test_a_full_slot_stops_being_scheduled(smollm2_path: str) -> None:
         prompt = prompt_of(small)
         small.begin(0, prompt, GREEDY)
         produced = 0
-        while small.has_work():
-            produced += len(small.step())
+        while step := small.step():
+            produced += len(step)
         assert small.slot_is_full(0)
         # Every cell holds a token and the last sampled one could not be fed back.
         assert produced == 24 - len(prompt) + 1
         assert small.step() == []
-        with pytest.raises(ValueError):
+        with pytest.raises(SlotBusyError):
+            small.begin(0, prompt, GREEDY)  # still holding the full sequence
+        small.release(0)
+        with pytest.raises(PromptTooLongError):
             small.begin(0, list(range(25)), GREEDY)
     finally:
         small.close()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.engine.base import SamplingParams
-from server.engine.llama import LlamaEngine
+from server.engine.llama.engine import LlamaEngine
 
 pytestmark = pytest.mark.model
 
@@ -38,7 +38,7 @@ def test_reset_in_the_middle_of_a_sequence_frees_everything_and_decoding_resumes
     engine.begin(1, prompt, GREEDY)
     engine.step()  # slot 1 is mid-prefill or decoding when the context goes
     engine.reset()
-    assert engine.n_cached_cells() == 0 and not engine.has_work()
+    assert engine.n_cached_cells() == 0 and engine.step() == []
     assert engine.cached_prefix_len(0, prompt) == 0
     # The new context decodes the same greedy tokens, on either slot.
     assert greedy(engine, 1) == before

@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
-from server.chat_template import Llama31Template
-from server.engine.llama import LlamaEngine
+from server.api.app import create_app
+from server.api.state import AppState
+from server.engine.llama.engine import LlamaEngine
+from server.prompting.chat_template import Llama31Template
 from server.settings import Settings
-from server.state import AppState
 from tests.fixtures.tiny_llama3 import SPECIAL_TOKENS, token_id
 
 pytestmark = pytest.mark.model
@@ -61,8 +61,8 @@ def test_special_tokens_are_single_tokens(engine: LlamaEngine) -> None:
 
 def test_stop_tokens_are_end_of_generation(engine: LlamaEngine) -> None:
     for text in ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"):
-        assert engine.is_end_of_generation(token_id(text)), text
-    assert not engine.is_end_of_generation(token_id("<|python_tag|>"))
+        assert token_id(text) in engine.info.eog_tokens, text
+    assert token_id("<|python_tag|>") not in engine.info.eog_tokens
 
 
 def test_server_detects_llama31_and_uses_the_native_builder(client: TestClient) -> None:

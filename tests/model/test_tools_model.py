@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.app import create_app
-from server.engine.llama import LlamaEngine
+from server.api.app import create_app
+from server.engine.llama.engine import LlamaEngine
 from server.settings import Settings
 
 pytestmark = pytest.mark.model

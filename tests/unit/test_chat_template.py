@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.chat_template import (
+from server.errors import InvalidRequestError
+from server.prompting.chat_template import (
     CHATML,
     ChatTemplateError,
     JinjaChatTemplate,
@@ -15,8 +16,7 @@ from server.chat_template import (
     render_chat,
     select_template,
 )
-from server.errors import InvalidRequestError
-from server.tools import plan_tools
+from server.prompting.tools import plan_tools
 from tests.fixtures.tiny_llama3 import OFFICIAL_TEMPLATE
 
 # The bundled SmolLM2's template, as its GGUF carries it.

@@ -12,8 +12,9 @@ from typing import Any
 import gguf
 import pytest
 
-from server import cli
-from server.model_files import (
+from server.cli import main as cli
+from server.cli.prompt import PromptOptions
+from server.engine.llama.model_files import (
     GGML_BLOCK_SIZES,
     ModelFileError,
     bundled_model_path,
@@ -22,7 +23,6 @@ from server.model_files import (
     read_gguf_summary,
     resolve_model_path,
 )
-from server.prompt_mode import PromptOptions
 from server.settings import FILE_ONLY, ConfigError, Settings, load
 from tests.helpers.gguf_files import write_header_only_gguf
 

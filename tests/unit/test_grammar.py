@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from server.errors import InvalidRequestError
-from server.grammar import JSON_OBJECT_GBNF, InvalidSchemaError, json_schema_to_gbnf
+from server.prompting.grammar import JSON_OBJECT_GBNF, InvalidSchemaError, json_schema_to_gbnf
 
 _TOKEN = re.compile(
     r'\s*(?:(?P<lit>"(?:\\.|[^"\\])*")|(?P<cls>\[(?:\\.|[^\]\\])*\])|(?P<name>[a-zA-Z0-9-]+)'

@@ -17,9 +17,9 @@ import pytest
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from server import llama3
-from server.chat_template import normalize_messages
 from server.errors import InvalidRequestError
+from server.prompting import llama3
+from server.prompting.chat_template import normalize_messages
 from tests.fixtures.tiny_llama3 import OFFICIAL_TEMPLATE
 
 DATE = "26 Nov 2026"

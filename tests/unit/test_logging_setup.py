@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.logging_setup import UVICORN_LOGGERS, LogFormat, configure_logging, make_handler, request_id_var
+from server.ops.logs import UVICORN_LOGGERS, LogFormat, configure_logging, make_handler, request_id_var
 
 
 @pytest.fixture

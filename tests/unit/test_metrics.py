@@ -9,8 +9,9 @@ import pytest
 from server.engine.base import FinishReason, SamplingParams
 from server.engine.fake import FakeEngine
 from server.errors import QueueFullError
-from server.metrics import Metrics
-from server.scheduler import FinishEvent, GenerationRequest, RequestHandle, Scheduler, TokenEvent
+from server.ops.metrics import Metrics
+from server.runtime.events import FinishEvent, GenerationRequest, TokenEvent
+from server.runtime.scheduler import RequestHandle, Scheduler
 
 REPLY = "hello world"  # 11 bytes = 11 tokens with the fake engine, then EOS
 

@@ -6,10 +6,10 @@ import io
 
 import pytest
 
+from server.cli.prompt import PromptOptions, run_prompt
 from server.engine.base import Engine
 from server.engine.fake import FakeEngine
 from server.errors import ContextLengthExceededError
-from server.prompt_mode import PromptOptions, run_prompt
 from server.settings import Settings
 
 

@@ -11,9 +11,10 @@ import pytest
 from server.engine.base import Engine, SamplingParams
 from server.engine.fake import FakeEngine
 from server.errors import ModelNotFoundError, ServiceUnavailableError
-from server.registry import LoadedModel, ModelRegistry
-from server.scheduler import ErrorEvent, GenerationRequest, RequestHandle, Scheduler
-from server.service import ChatService
+from server.runtime.events import ErrorEvent, GenerationRequest
+from server.runtime.scheduler import RequestHandle, Scheduler
+from server.services.chat import ChatService
+from server.services.registry import LoadedModel, ModelRegistry
 from server.settings import Settings
 
 
@@ -222,8 +223,8 @@ async def test_drain_interface_covers_every_model(clock: Clock) -> None:
 
 
 async def test_shutdown_drain_waits_for_and_ends_every_models_requests(clock: Clock) -> None:
-    from server.shutdown import drain
-    from server.state import AppState
+    from server.api.shutdown import drain
+    from server.api.state import AppState
 
     reg, _, handle = await running_on_second_model(clock)
     try:

@@ -4,10 +4,11 @@ import asyncio
 
 import pytest
 
-from server.engine.base import FinishReason, SamplingParams
+from server.engine.base import EngineError, FinishReason, SamplingParams
 from server.engine.fake import FakeEngine
-from server.errors import GenerationError, QueueFullError
-from server.scheduler import ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, Scheduler, TokenEvent
+from server.errors import QueueFullError
+from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from server.runtime.scheduler import RequestHandle, Scheduler
 
 
 def request(prompt: str = "hi", max_tokens: int = 100, stop: tuple[str, ...] = ()) -> GenerationRequest:
@@ -137,7 +138,7 @@ async def test_leaving_the_event_iterator_cancels(scheduler: Scheduler) -> None:
 async def test_engine_failure_fails_only_that_step_and_keeps_serving(scheduler: Scheduler, engine: FakeEngine) -> None:
     engine.fail_next_step = True
     _, ev = await collect(scheduler.submit(request()))
-    assert isinstance(ev, ErrorEvent) and isinstance(ev.error, GenerationError)
+    assert isinstance(ev, ErrorEvent) and isinstance(ev.error, EngineError)
     text, _ = await collect(scheduler.submit(request()))
     assert text == "hello world"
 

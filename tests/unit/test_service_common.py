@@ -7,8 +7,8 @@ import pytest
 from server.engine.fake import FakeEngine
 from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.protocol import ChatCompletionRequest
-from server.scheduler import Scheduler
-from server.service_common import DEFAULT_MIN_P, DEFAULT_TOP_K, GenerationService
+from server.runtime.scheduler import Scheduler
+from server.services.pipeline import DEFAULT_MIN_P, DEFAULT_TOP_K, GenerationService
 
 
 @pytest.fixture

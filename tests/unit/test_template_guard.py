@@ -1,4 +1,4 @@
-"""server/template_guard.py: a hostile chat template is stopped quickly, an ordinary one renders as before."""
+"""server/prompting/template_guard.py: a hostile chat template is stopped quickly, an ordinary one renders as before."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 from jinja2.sandbox import SecurityError
 
-from server.template_guard import GuardedSandbox, render_guarded
+from server.prompting.template_guard import GuardedSandbox, render_guarded
 
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 CHATML = (

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from server.textstream import TextStream
+from server.runtime.textstream import TextStream
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> str:

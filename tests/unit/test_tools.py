@@ -9,8 +9,7 @@ import jsonschema
 import pytest
 
 from server.errors import InvalidRequestError
-from server.protocol import ChunkDelta
-from server.tools import (
+from server.prompting.tools import (
     ParsedCall,
     ToolCallStream,
     ToolChoiceStreamer,
@@ -21,6 +20,7 @@ from server.tools import (
     to_tool_calls,
     tool_call_deltas,
 )
+from server.protocol import ChunkDelta
 
 WEATHER_PARAMS = {
     "type": "object",

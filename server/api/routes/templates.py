@@ -1,0 +1,16 @@
+"""``POST /apply-template`` (llama.cpp server's endpoint): a chat request in, the exact prompt out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from server.api.routes.openai import service_of
+from server.protocol import ApplyTemplateResponse, ChatCompletionRequest
+
+router = APIRouter()
+
+
+@router.post("/apply-template", response_model=ApplyTemplateResponse)
+async def apply_template(body: ChatCompletionRequest, request: Request) -> ApplyTemplateResponse:
+    """The text the model would see for this chat request, tools and generation prompt included."""
+    return ApplyTemplateResponse(prompt=service_of(request).apply_template(body))

@@ -1,0 +1,1 @@
+"""The llamaserve command: flags -> settings -> checks -> serve; -p one-shot mode."""

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics (the only importer of prometheus_client) and logging."""

@@ -1,0 +1,1 @@
+"""The scheduler (admission, queue, slots, cancellation, the step loop) and incremental text streams."""

@@ -1,0 +1,1 @@
+"""One service per endpoint family over one shared generation pipeline; the model registry."""

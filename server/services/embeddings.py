@@ -1,0 +1,137 @@
+"""``/v1/embeddings``: input (text or token ids) -> mean-pooled vectors, float or base64.
+
+The embedder (a separate llama.cpp context on the served model file, see
+:mod:`server.engine.llama.embeddings`) is loaded on the first embeddings request,
+so a server that never embeds never pays for a second context. Embedding runs in a
+worker thread; the embedder serialises its own calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import struct
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from server.engine.base import Engine
+from server.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    UnsupportedFieldError,
+)
+from server.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+EMBEDDINGS_CTX = 2048
+
+
+class Embedder(Protocol):
+    n_embd: int
+    n_ctx: int
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def embed(self, tokens: Sequence[int]) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+EmbedderFactory = Callable[[], Embedder]
+
+
+class EmbeddingsService:
+    def __init__(self, factory: EmbedderFactory | None, *, model_id: str, n_vocab: int) -> None:
+        self._factory = factory
+        self.model_id = model_id
+        self._n_vocab = n_vocab
+        self._embedder: Embedder | None = None
+        self._loading = asyncio.Lock()
+
+    @classmethod
+    def for_engine(cls, engine: Engine, *, model_id: str) -> EmbeddingsService:
+        """Embeddings over the engine's model file; none when the engine has no file (a fake)."""
+        info = engine.info
+        factory: EmbedderFactory | None = None
+        if os.path.isfile(info.path):
+
+            def factory() -> Embedder:
+                from server.engine.llama.embeddings import LlamaEmbedder
+
+                return LlamaEmbedder(info.path, n_ctx=min(EMBEDDINGS_CTX, max(info.n_ctx_per_seq, 512)))
+
+        return cls(factory, model_id=model_id, n_vocab=info.n_vocab)
+
+    @classmethod
+    def with_embedder(cls, embedder: Embedder, *, model_id: str, n_vocab: int) -> EmbeddingsService:
+        service = cls(None, model_id=model_id, n_vocab=n_vocab)
+        service._embedder = embedder
+        return service
+
+    async def embedder(self) -> Embedder:
+        async with self._loading:
+            if self._embedder is None:
+                if self._factory is None:
+                    raise InvalidRequestError(
+                        "This server's model cannot produce embeddings.", param="model", code="embeddings_unavailable"
+                    )
+                try:
+                    self._embedder = await asyncio.to_thread(self._factory)
+                except Exception as exc:
+                    raise ServiceUnavailableError(f"The embeddings model could not be loaded: {exc}") from exc
+            return self._embedder
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+
+    def _inputs(self, req: EmbeddingRequest, embedder: Embedder) -> list[list[int]]:
+        raw = req.input
+        if isinstance(raw, str):
+            raw = [raw]
+        if not raw:
+            raise InvalidRequestError("'input' must not be empty.", param="input")
+        if len(raw) > MAX_INPUTS:
+            raise InvalidRequestError(f"'input' takes at most {MAX_INPUTS} items.", param="input")
+        if all(isinstance(x, int) for x in raw):
+            lists = [[int(x) for x in raw]]  # type: ignore[arg-type]
+        elif all(isinstance(x, str) for x in raw):
+            if any(x == "" for x in raw):
+                raise InvalidRequestError("'input' cannot contain an empty string.", param="input")
+            lists = [embedder.tokenize(str(x)) for x in raw]
+        else:
+            lists = [list(x) for x in raw]  # type: ignore[arg-type]
+        for i, ids in enumerate(lists):
+            if not ids:
+                raise InvalidRequestError(f"Input {i} is empty.", param="input")
+            if any(not 0 <= t < self._n_vocab for t in ids):
+                raise InvalidRequestError(f"Input {i} holds token ids outside the vocabulary.", param="input")
+            if len(ids) > embedder.n_ctx:
+                raise ContextLengthExceededError(len(ids), embedder.n_ctx, param="input", prompt_tokens=len(ids))
+        return lists
+
+    async def create(self, req: EmbeddingRequest) -> EmbeddingList:
+        if req.model is not None and req.model != self.model_id:
+            raise ModelNotFoundError(req.model)
+        embedder = await self.embedder()
+        if req.dimensions is not None and req.dimensions != embedder.n_embd:
+            raise UnsupportedFieldError(
+                "dimensions", f"must be {embedder.n_embd} (this model's size) or omitted; it cannot be reduced"
+            )
+        inputs = self._inputs(req, embedder)
+        vectors = await asyncio.to_thread(lambda: [embedder.embed(ids) for ids in inputs])
+        as_base64 = req.encoding_format == "base64"
+        data = [Embedding(index=i, embedding=_base64(v) if as_base64 else v) for i, v in enumerate(vectors)]
+        n_tokens = sum(len(ids) for ids in inputs)
+        return EmbeddingList(
+            data=data, model=self.model_id, usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens)
+        )
+
+
+def _base64(vector: Sequence[float]) -> str:
+    # OpenAI's base64 format: the little-endian float32 array, as the SDK decodes it with numpy.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
