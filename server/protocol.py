@@ -107,8 +107,8 @@ ResponseFormat = Annotated[
 ]
 
 StopField = Annotated[
-    str | Annotated[list[str], Field(max_length=4)] | None,
-    Field(default=None, description="up to 4 stop strings; the output never contains them"),
+    str | list[str] | None,
+    Field(default=None, description="stop strings (at most --max-stop); the output never contains them"),
 ]
 LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
 
@@ -120,7 +120,8 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: LogitBias | None = Field(default=None, description="token id -> bias (-100..100)")
-    n: int | None = Field(default=None, ge=1, le=16, description="choices to generate (1..16)")
+    # Upper bounds of n and stop are settings (--max-n, --max-stop), checked by the service.
+    n: int | None = Field(default=None, ge=1, description="choices to generate (at most --max-n)")
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="choice i samples with seed+i")
     stop: StopField = None
     stream: bool | None = False

@@ -29,12 +29,11 @@ import signal
 import threading
 from collections.abc import Generator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 
-if TYPE_CHECKING:
-    from server.api.state import AppState
+from server.api.state import AppState, AppStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +47,8 @@ async def drain(state: AppState, timeout: float, hurry: asyncio.Event | None = N
 
     Returns how many requests were still running or queued when the wait ended.
     """
-    state.status = "draining"
-    # With several models the registry drains them all through the same four members.
-    scheduler = state.registry if state.registry is not None else state.scheduler
-    if scheduler is None:
-        return 0
+    state.status = AppStatus.DRAINING
+    scheduler = state.registry  # every model, one or several
     scheduler.stop_accepting()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from server.engine.base import Engine
 from server.ops.metrics import Metrics
-from server.runtime.scheduler import Scheduler
-from server.services.chat import ChatService
 from server.services.registry import ModelRegistry
 from server.settings import Settings
+
+
+class AppStatus(enum.StrEnum):
+    """What ``/health`` reports: loading -> ok -> draining, or error when the models failed to load."""
+
+    LOADING = "loading"
+    OK = "ok"
+    DRAINING = "draining"
+    ERROR = "error"
 
 
 @dataclass
 class AppState:
     settings: Settings
-    engine: Engine | None = None
-    scheduler: Scheduler | None = None
-    service: ChatService | None = None
-    status: str = "loading"  # loading -> ok -> draining; or error
+    registry: ModelRegistry  # one model or several: routes, health and drain all ask it
+    status: AppStatus = AppStatus.LOADING
     load_error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)  # per app, so tests can build many
-    registry: ModelRegistry | None = None  # several models by name (or unloadable): routes ask it

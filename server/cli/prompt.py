@@ -21,7 +21,8 @@ from server.errors import ContextLengthExceededError
 from server.protocol import ChatMessage
 from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server.runtime.scheduler import Scheduler
-from server.services.chat import ChatService
+from server.services.chat import ChatService, template_for
+from server.services.pipeline import Pipeline
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ async def _generate(engine: Engine, settings: Settings, options: PromptOptions, 
     scheduler = Scheduler(engine, max_queue=1)
     # The server's own service renders the chat template and tokenizes, so -p --chat sends the
     # model exactly what a chat request with one user message would.
-    service = ChatService(engine, scheduler, model_id=engine.info.id, chat_template=settings.chat_template)
+    service = ChatService(
+        Pipeline(engine, scheduler, model_id=engine.info.id), template_for(engine, settings.chat_template)
+    )
     scheduler.start()
     try:
         text = options.prompt or ""
@@ -81,7 +84,6 @@ async def _generate(engine: Engine, settings: Settings, options: PromptOptions, 
                 raise ev.error
     finally:
         await asyncio.to_thread(scheduler.stop)
-        service.embeddings.close()
 
 
 def run_prompt(
@@ -96,7 +98,7 @@ def run_prompt(
     Raises :class:`~server.errors.LlamaserveError` for a prompt the model cannot take.
     """
     if engine_factory is None:
-        from server.api.app import load_llama_engine  # the server's own construction, flags and all
+        from server.api.engines import load_llama_engine  # the server's own construction, flags and all
 
         engine_factory = load_llama_engine
     out = out or sys.stdout

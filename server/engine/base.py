@@ -151,8 +151,11 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
-    def token_bytes(self, token: int) -> bytes:
-        """The raw bytes of one token (may be a partial UTF-8 sequence)."""
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (may be a partial UTF-8 sequence).
+
+        Control tokens (``<|im_end|>``) render as ``b""`` unless ``special`` asks for their text.
+        """
         ...
 
     def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:

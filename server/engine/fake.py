@@ -91,7 +91,7 @@ class FakeEngine:
         tokens = list(text.encode("utf-8"))
         return [BOS, *tokens] if add_special else tokens
 
-    def token_bytes(self, token: int) -> bytes:
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
         return bytes([token]) if token < 256 else b""
 
     def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:

@@ -10,15 +10,9 @@ The pieces, in the order a request meets them:
   ``{"name": ..., "arguments": {...}}``.
 - ``tool_choice`` ``required`` or a named function: :meth:`ToolPlan.grammar` constrains the
   output to one JSON call of a declared function whose arguments satisfy its schema.
-- The output: :meth:`ToolPlan.parse` turns the text into calls (``<|python_tag|>``, bare JSON
-  ``{"name", "parameters"|"arguments"}``, several of them, a JSON array, ``<tool_call>`` tags,
-  code fences, ``<function=NAME>{...}</function>``). Text that names an undeclared function,
-  or holds anything beside the calls, is not a call and stays content.
-- Streaming (:class:`ToolChoiceStreamer`): a grammar-forced call streams as OpenAI's do (id and
-  name first, then argument fragments as they are generated); otherwise :class:`ToolCallStream`
-  holds back text that may turn into a call and releases it as content the moment it cannot.
-  Both send the arguments exactly as the model wrote them, so a stream reassembles into the
-  same call the non-streamed response holds.
+- The output: :meth:`ToolPlan.parse` turns the text into calls (:mod:`server.prompting.tool_parse`
+  knows the formats); text that is not a call stays content.
+- Streaming lives with the chat service (:mod:`server.services.tool_stream`).
 """
 
 from __future__ import annotations
@@ -27,13 +21,14 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.errors import InvalidRequestError
 from server.prompting.grammar import json_schema_to_gbnf
-from server.protocol import ChunkDelta, FunctionCall, ToolCall, ToolCallDelta, ToolCallFunctionDelta
+from server.prompting.tool_parse import ParsedCall, parse_tool_calls
+from server.protocol import FunctionCall, ToolCall
 
 # How a template wants tools: Llama 3.1's own JSON format, the Jinja template's own syntax,
 # or (a template that knows no tools) a description in the system prompt.
@@ -41,12 +36,7 @@ ToolStyle = Literal["llama3", "template", "generic"]
 ToolMode = Literal["none", "auto", "required", "function"]
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_CALL_KEYS = frozenset({"name", "parameters", "arguments", "type", "id"})
 _ID_ALPHABET = string.ascii_letters + string.digits
-# Argument text goes out in fragments of this many characters, as OpenAI streams it.
-ARGUMENT_FRAGMENT = 8
-# What a tool call may start with; anything else is content from its first character.
-_CALL_STARTS = ("{", "[", "```", "<tool_call>", "<function=", "<|python_tag|>", "[TOOL_CALLS]")
 
 
 @dataclass(frozen=True)
@@ -55,20 +45,6 @@ class FunctionTool:
     description: str
     parameters: Mapping[str, Any]
     strict: bool
-
-
-@dataclass(frozen=True)
-class ParsedCall:
-    name: str
-    arguments: Mapping[str, Any]
-    # The arguments object exactly as the model wrote it, when it wrote one: streamed and
-    # non-streamed responses both send this text, so they agree byte for byte.
-    raw_arguments: str | None = field(default=None, compare=False)
-
-    def arguments_json(self) -> str:
-        if self.raw_arguments is not None:
-            return self.raw_arguments
-        return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"))
 
 
 def new_call_id() -> str:
@@ -294,299 +270,3 @@ def generic_messages(messages: Sequence[Mapping[str, Any]], plan: ToolPlan | Non
         else:
             out.insert(0, {"role": "system", "content": instructions})
     return out
-
-
-# ---- parsing model output ---------------------------------------------------------------------
-
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
-_TAGGED = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_FUNCTION_TAG = re.compile(r"<function=([a-zA-Z0-9_-]+)>(.*?)</function>", re.DOTALL)
-_SEPARATORS = " \t\r\n;,"
-
-
-_JSON_WS = " \t\r\n"
-
-
-def _json_values(text: str) -> list[tuple[Any, int]] | None:
-    """Every JSON value in ``text`` with its start, separated by whitespace, ';' or ','; None if anything else."""
-    decoder = json.JSONDecoder()
-    values: list[tuple[Any, int]] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i] in _SEPARATORS:
-            i += 1
-        if i >= n:
-            return values
-        start = i
-        try:
-            value, i = decoder.raw_decode(text, i)
-        except ValueError:
-            return None
-        values.append((value, start))
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _JSON_WS:
-        i += 1
-    return i
-
-
-def _member_texts(text: str, start: int) -> dict[str, str]:
-    """The source text of each top-level member value of the valid JSON object at ``text[start]``."""
-    decoder = json.JSONDecoder()
-    out: dict[str, str] = {}
-    i = _skip_ws(text, start + 1)
-    while text[i] != "}":
-        key, i = decoder.raw_decode(text, i)
-        i = _skip_ws(text, _skip_ws(text, i) + 1)  # past the ':'
-        _, end = decoder.raw_decode(text, i)
-        out[key] = text[i:end]
-        i = _skip_ws(text, end)
-        if text[i] == ",":
-            i = _skip_ws(text, i + 1)
-    return out
-
-
-def _as_call(value: Any, allowed: set[str], members: Mapping[str, str] | None = None) -> ParsedCall | None:
-    if not isinstance(value, Mapping) or not set(value) <= _CALL_KEYS:
-        return None
-    if value.get("type", "function") != "function":
-        return None
-    name = value.get("name")
-    if not isinstance(name, str) or name not in allowed:
-        return None
-    if "parameters" in value and "arguments" in value:
-        return None
-    args = value.get("parameters", value.get("arguments", {}))
-    if isinstance(args, str):
-        # Some models write the arguments as a JSON string, as OpenAI sends them.
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            return None
-    if args is None:
-        args = {}
-    if not isinstance(args, Mapping):
-        return None
-    raw = None
-    if members is not None:
-        key = "parameters" if "parameters" in value else "arguments"
-        text = members.get(key)
-        raw = text if text is not None and text.startswith("{") else None
-    return ParsedCall(name=name, arguments=dict(args), raw_arguments=raw)
-
-
-def parse_tool_calls(text: str, allowed: set[str]) -> list[ParsedCall]:
-    """The calls ``text`` consists of, all to functions in ``allowed``; [] when it is content."""
-    body = text.strip()
-    for marker in ("<|python_tag|>", "[TOOL_CALLS]"):  # Llama 3.1's and Mistral's call markers
-        body = body.removeprefix(marker).strip()
-    for end in ("<|eom_id|>", "<|eot_id|>"):
-        body = body.removesuffix(end).strip()
-    fence = _FENCE.match(body)
-    if fence:
-        body = fence.group(1).strip()
-    if not body:
-        return []
-    if _FUNCTION_TAG.search(body):
-        if _FUNCTION_TAG.sub("", body).strip(_SEPARATORS):
-            return []
-        calls = []
-        for name, args_text in _FUNCTION_TAG.findall(body):
-            try:
-                args = json.loads(args_text) if args_text.strip() else {}
-            except ValueError:
-                return []
-            call = _as_call({"name": name, "parameters": args}, allowed)
-            if call is None:
-                return []
-            calls.append(call)
-        return calls
-    if _TAGGED.search(body):
-        if _TAGGED.sub("", body).strip(_SEPARATORS):
-            return []
-        body = "\n".join(_TAGGED.findall(body))
-    values = _json_values(body)
-    if not values:
-        return []
-    calls = []
-    for value, start in values:
-        if isinstance(value, list):
-            found = [_as_call(v, allowed) for v in value]
-        else:
-            members = _member_texts(body, start) if isinstance(value, dict) else None
-            found = [_as_call(value, allowed, members)]
-        for call in found:
-            if call is None:
-                return []
-            calls.append(call)
-    return calls
-
-
-# ---- streaming --------------------------------------------------------------------------------
-
-
-def _may_become_call(text: str) -> bool:
-    return any(text.startswith(s) or s.startswith(text) for s in _CALL_STARTS)
-
-
-class ToolCallStream:
-    """Per choice: passes content through, holding back text that may still become a call.
-
-    Text is held only while the output so far (leading whitespace aside) is a possible start
-    of a call; the first character that rules a call out releases everything as content.
-    """
-
-    def __init__(self, plan: ToolPlan) -> None:
-        self._plan = plan
-        self._held = ""
-        self._holding = plan.calls_enabled
-
-    def push(self, text: str) -> str:
-        """Feed generated text; return the content to send now."""
-        if not self._holding:
-            return text
-        self._held += text
-        stripped = self._held.lstrip()
-        if not stripped or _may_become_call(stripped):
-            return ""
-        self._holding = False
-        out, self._held = self._held, ""
-        return out
-
-    def finish(self) -> tuple[str, list[ParsedCall]]:
-        """End of generation: (content still to send, calls)."""
-        held, self._held = self._held, ""
-        if not self._holding:
-            return held, []
-        calls = self._plan.parse(held)
-        return ("", calls) if calls else (held, [])
-
-
-# How a grammar-forced call begins, up to its arguments object.
-_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([a-zA-Z0-9_-]{1,64})"\s*,\s*"(?:parameters|arguments)"\s*:\s*')
-
-
-class _ObjectEnd:
-    """Finds, incrementally, where the JSON object starting at a given index closes."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
-
-    def feed(self, text: str, start: int) -> int | None:
-        """Scan ``text[start:]``; the index just past the closing brace, or None if not there yet."""
-        for i in range(start, len(text)):
-            c = text[i]
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif c == "\\":
-                    self.escaped = True
-                elif c == '"':
-                    self.in_string = False
-            elif c == '"':
-                self.in_string = True
-            elif c in "{[":
-                self.depth += 1
-            elif c in "}]":
-                self.depth -= 1
-                if self.depth == 0:
-                    return i + 1
-        return None
-
-
-class ToolChoiceStreamer:
-    """The service's choice streamer when calls are possible: content deltas, or tool-call deltas.
-
-    When a grammar forces the call (``required``, a named function), the output is known to be
-    one call, so it streams as OpenAI's does: the id and name as soon as they are written, then
-    the arguments fragment by fragment. Otherwise text that may become a call is held back and
-    sent, as calls or as content, once it is decided (:class:`ToolCallStream`).
-    """
-
-    def __init__(self, plan: ToolPlan) -> None:
-        self._plan = plan
-        self._buffered = ToolCallStream(plan)
-        self._progressive = plan.mode in ("required", "function")
-        self._text = ""
-        self._name = ""
-        self._call_id: str | None = None
-        self._args_from = 0
-        self._sent = 0
-        self._args_end: int | None = None
-        self._scanner = _ObjectEnd()
-
-    def push(self, text: str) -> list[ChunkDelta]:
-        if not self._progressive:
-            out = self._buffered.push(text)
-            return [ChunkDelta(content=out)] if out else []
-        self._text += text
-        return self._advance()
-
-    def _advance(self) -> list[ChunkDelta]:
-        out: list[ChunkDelta] = []
-        if self._call_id is None:
-            head = _CALL_HEAD.match(self._text)
-            if head is None or head.end() >= len(self._text):
-                return out
-            if self._text[head.end()] != "{" or head.group(1) not in {f.name for f in self._plan.allowed()}:
-                # Not the shape the grammar writes: decide at the end, as without a grammar.
-                self._progressive = False
-                return self.push(self._text)
-            self._name = head.group(1)
-            self._call_id = new_call_id()
-            self._args_from = self._sent = head.end()
-            first = ToolCallDelta(
-                index=0,
-                id=self._call_id,
-                type="function",
-                function=ToolCallFunctionDelta(name=self._name, arguments=""),
-            )
-            out.append(ChunkDelta(tool_calls=[first]))
-        if self._args_end is None:
-            end = self._scanner.feed(self._text, self._sent)
-            upto = len(self._text) if end is None else end
-            if upto > self._sent:
-                fragment = ToolCallDelta(
-                    index=0, function=ToolCallFunctionDelta(arguments=self._text[self._sent : upto])
-                )
-                out.append(ChunkDelta(tool_calls=[fragment]))
-                self._sent = upto
-            self._args_end = end
-        return out
-
-    def finish(self, text: str) -> tuple[list[ChunkDelta], bool]:
-        """The last text; returns the deltas and whether the choice made tool calls."""
-        deltas = self.push(text)
-        if self._call_id is not None:
-            calls = self._plan.parse(self._text)
-            streamed = self._text[self._args_from : self._args_end or len(self._text)]
-            if not calls or calls[0].name != self._name or calls[0].arguments_json() != streamed:
-                # Cut short (max_tokens): the partial call stays as sent, as OpenAI's does.
-                return deltas, False
-            rest = to_tool_calls(calls[1:])
-            deltas += [ChunkDelta(tool_calls=[d]) for d in tool_call_deltas(rest, first_index=1)]
-            return deltas, True
-        if self._progressive:  # the call never began: decide on the whole text
-            self._progressive = False
-            deltas += self.push(self._text)
-        content, calls = self._buffered.finish()
-        if content:
-            deltas.append(ChunkDelta(content=content))
-        deltas += [ChunkDelta(tool_calls=[d]) for d in tool_call_deltas(to_tool_calls(calls))]
-        return deltas, bool(calls)
-
-
-def tool_call_deltas(calls: Sequence[ToolCall], *, first_index: int = 0) -> Iterator[ToolCallDelta]:
-    """OpenAI's streaming spelling: per call, ``index`` + ``id`` + name first, then argument fragments."""
-    for i, call in enumerate(calls, start=first_index):
-        yield ToolCallDelta(
-            index=i, id=call.id, type="function", function=ToolCallFunctionDelta(name=call.function.name, arguments="")
-        )
-        args = call.function.arguments
-        for start in range(0, len(args), ARGUMENT_FRAGMENT):
-            yield ToolCallDelta(
-                index=i, function=ToolCallFunctionDelta(arguments=args[start : start + ARGUMENT_FRAGMENT])
-            )

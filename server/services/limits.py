@@ -10,10 +10,11 @@ setting (``--max-messages`` and friends); the body size limit lives in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, UnsupportedFieldError
 from server.protocol import ChatCompletionRequest, SamplingFields
 from server.settings import Settings
 
@@ -111,6 +112,28 @@ def check_sampling_fields(req: SamplingFields, limits: RequestLimits) -> None:
         raise InvalidRequestError(f"'grammar' may be at most {limits.max_grammar_bytes} bytes.", param="grammar")
 
 
+def refuse_unsupported(
+    values: Mapping[str, Any],
+    table: Mapping[str, Callable[[Any], bool]],
+    reasons: Mapping[str, str] | None = None,
+) -> None:
+    """A 400 naming the first OpenAI field we do not implement that holds a value we cannot honour."""
+    for name, acceptable in table.items():
+        value = values.get(name)
+        if value is not None and not acceptable(value):
+            raise UnsupportedFieldError(name, *([reasons[name]] if reasons and name in reasons else []))
+
+
+def check_generation_fields(req: SamplingFields, limits: RequestLimits) -> None:
+    """What chat and legacy completions both check before anything is rendered or queued."""
+    check_sampling_fields(req, limits)
+    bad = first_unencodable_string(req.model_dump(by_alias=True, exclude_none=True))
+    if bad is not None:
+        raise InvalidRequestError(f"'{bad}' holds text that is not valid Unicode (a lone surrogate).", param=bad)
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequestError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
 def check_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> None:
     """Raise a 400 naming the first field over a limit; return quietly otherwise."""
     if len(req.messages) > limits.max_messages:
@@ -118,10 +141,9 @@ def check_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> Non
             f"'messages' may hold at most {limits.max_messages} messages; it has {len(req.messages)}.",
             param="messages",
         )
-    check_sampling_fields(req, limits)
-    bad = first_unencodable_string(req.model_dump(by_alias=True, exclude_none=True))
-    if bad is not None:
-        raise InvalidRequestError(f"'{bad}' holds text that is not valid Unicode (a lone surrogate).", param=bad)
+    check_generation_fields(req, limits)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     depth = limits.max_json_depth
     response_format = req.response_format.model_dump(by_alias=True) if req.response_format is not None else None
     if response_format is not None and json_depth_exceeds(response_format, depth + 2):

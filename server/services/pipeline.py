@@ -1,18 +1,26 @@
-"""What chat and legacy completions share: sampling settings, token budgets, submission, events.
+"""The generation pipeline that chat and completions share (and the APIs after them).
 
-:class:`GenerationService` turns the OpenAI sampling fields into
-:class:`~server.engine.base.SamplingParams`, sizes each request to the context,
-submits one scheduler request per choice, and merges the choices' token events
-back into one ordered stream. The chat and completions services build on it.
+One request goes through it once::
+
+    prepare   (a worker thread)  validate -> render -> tokenize -> a prepared request
+    submit                       one scheduler request per choice: all of them, or none
+    events                       every choice's events in arrival order, errors as API errors
+    finish                       usage and finish reasons
+
+:class:`Pipeline` holds what every service of one model shares: the engine's facts, the
+scheduler, the request limits, the model id and fingerprint. The services build their
+prepared requests with it and turn its events into their own wire shapes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -20,9 +28,10 @@ from server.engine.base import (
     Engine,
     FinishReason,
     InvalidGrammarError,
+    ModelInfo,
     PromptTooLongError,
-    SamplingParams,
     SequenceRefusedError,
+    TokenOutOfRangeError,
 )
 from server.errors import (
     ContextLengthExceededError,
@@ -34,50 +43,93 @@ from server.errors import (
 from server.protocol import LOGGED_FIELDS, PromptTokensDetails, SamplingFields, Usage
 from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server.runtime.scheduler import RequestHandle, Scheduler
+from server.services.limits import RequestLimits
+from server.services.sampling import choice_params, stop_strings, token_budget
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's defaults for the samplers OpenAI does not have; they keep small models coherent
-# at OpenAI's default temperature of 1.
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
-MAX_STOP_STRINGS = 4
-
-
 ChunkT = TypeVar("ChunkT", bound=BaseModel)
+ResponseT = TypeVar("ResponseT", covariant=True)
+T = TypeVar("T")
+Chunk = dict[str, object]
+ChoiceEvent = tuple[int, TokenEvent | FinishEvent]
+WireFinish = Literal["stop", "length"]
 
 
-class GenerationService:
-    def __init__(self, engine: Engine, scheduler: Scheduler, *, model_id: str, fingerprint: str, created: int) -> None:
+@dataclass(frozen=True)
+class PreparedGeneration:
+    """A checked request, ready to submit: its prompts as tokens and one scheduler request per choice.
+
+    Choice ``p * n + i`` is prompt ``p``'s ``i``-th, as OpenAI numbers them. ``requests`` is empty
+    when there is nothing to generate (``max_tokens`` 0).
+    """
+
+    request_id: str
+    prompts: list[list[int]]
+    n: int
+    requests: list[GenerationRequest]
+    # Which request field a grammar came from, so that a grammar the engine refuses is named.
+    grammar_param: str | None = None
+
+    @property
+    def n_choices(self) -> int:
+        return len(self.prompts) * self.n
+
+
+@dataclass
+class ChoiceText:
+    """What one choice accumulated for a non-streaming response."""
+
+    parts: list[str] = field(default_factory=list)
+    finish: FinishEvent | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class Generation(Protocol[ResponseT]):
+    """A submitted request, as a service hands it to its route: a response, or stream chunks."""
+
+    @property
+    def streaming(self) -> bool: ...
+
+    async def response(self) -> ResponseT: ...
+
+    def chunks(self) -> AsyncIterator[Chunk]: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        *,
+        model_id: str,
+        limits: RequestLimits | None = None,
+        created: int | None = None,
+    ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.model_id = model_id
-        self.fingerprint = fingerprint
-        self.created = created
-        self._eog_ban: dict[int, float] | None = None  # computed on first use: it walks the vocabulary
+        self.limits = limits or RequestLimits()
+        self.created = created or int(time.time())
+        self.fingerprint = f"fp_llamaserve_{secrets.token_hex(4)}"
 
-    def wire_chunk(
-        self,
-        cls: type[ChunkT],
-        request_id: str,
-        created: int,
-        choices: Sequence[object],
-        usage: Usage | None,
-        *,
-        include_usage: bool,
-    ) -> dict[str, object]:
-        """One stream chunk as a dict; ``usage`` is sent (null until the last) only when asked for."""
-        chunk = cls(
-            id=request_id,
-            created=created,
-            model=self.model_id,
-            system_fingerprint=self.fingerprint,
-            choices=choices,
-            usage=usage,
-        ).model_dump()
-        if not include_usage:
-            chunk.pop("usage")
-        return chunk
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    # ---- prepare ------------------------------------------------------------------------------
+
+    @staticmethod
+    async def off_loop(work: Callable[[], T]) -> T:
+        """Run ``work`` (rendering, tokenizing: it grows with the input) in a worker thread.
+
+        The llama.cpp vocabulary is read-only once loaded, so tokenizing beside the engine
+        thread's decode is safe; the event loop meanwhile serves every other stream.
+        """
+        return await asyncio.to_thread(work)
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_id:
@@ -91,100 +143,37 @@ class GenerationService:
         if who:
             log.info("%s %s for %s", kind, request_id, ", ".join(f"{k}={v!r}" for k, v in who.items()))
 
-    # ---- request preparation ----------------------------------------------------------------
-
-    def logit_bias(self, req: SamplingFields) -> dict[int, float]:
-        bias: dict[int, float] = {}
-        for key, value in (req.logit_bias or {}).items():
-            try:
-                token = int(key)
-            except ValueError:
-                raise InvalidRequestError(f"logit_bias key '{key}' is not a token id.", param="logit_bias") from None
-            if not 0 <= token < self.engine.info.n_vocab:
-                raise InvalidRequestError(
-                    f"logit_bias token {token} is outside the vocabulary (0..{self.engine.info.n_vocab - 1}).",
-                    param="logit_bias",
-                )
-            bias[token] = value
-        return bias
-
-    def sampling_params(
-        self, req: SamplingFields, choice: int, *, top_logprobs: int | None, grammar: str | None
-    ) -> SamplingParams:
-        if req.ignore_eos and grammar is not None:
-            # A grammar that is complete allows only end-of-generation: banning it leaves nothing.
-            raise InvalidRequestError(
-                "'ignore_eos' cannot be combined with a grammar, a JSON response_format or a forced tool call.",
-                param="ignore_eos",
-            )
-        # Choice i samples with seed+i: reproducible, yet the n choices differ.
-        seed = None if req.seed is None else (req.seed + choice) & 0xFFFFFFFF
-        return SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=DEFAULT_TOP_K if req.top_k is None else req.top_k,
-            min_p=DEFAULT_MIN_P if req.min_p is None else req.min_p,
-            seed=seed,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
-            logit_bias={**self.logit_bias(req), **self.eog_ban()} if req.ignore_eos else self.logit_bias(req),
-            grammar=grammar,
-            top_logprobs=top_logprobs,
-        )
-
-    def eog_ban(self) -> dict[int, float]:
-        """A logit bias that rules out every end-of-generation token of the vocabulary."""
-        if self._eog_ban is None:
-            self._eog_ban = {t: float("-inf") for t in self.engine.info.eog_tokens}
-        return self._eog_ban
-
-    @staticmethod
-    def stop_strings(req: SamplingFields) -> list[str]:
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > MAX_STOP_STRINGS:
-            raise InvalidRequestError(f"'stop' takes at most {MAX_STOP_STRINGS} sequences.", param="stop")
-        return [s for s in stop if s]
-
-    def token_budget(self, prompt_len: int, requested: int | None, *, param: str) -> int:
-        """Tokens a choice may generate: what was asked for, capped by the room left in the context."""
-        n_ctx = self.engine.info.n_ctx_per_seq
-        if prompt_len >= n_ctx:
-            raise ContextLengthExceededError(
-                prompt_len + (requested or 1), n_ctx, param=param, prompt_tokens=prompt_len
-            )
-        room = n_ctx - prompt_len
-        return room if requested is None else min(requested, room)
-
-    def generation_requests(
+    def prepare(
         self,
         req: SamplingFields,
-        prompt: list[int],
+        prompts: list[list[int]],
         *,
         request_id: str,
-        max_tokens: int,
+        max_tokens: int | None,
+        prompt_param: str,
         n: int,
         top_logprobs: int | None,
         grammar: str | None,
-        first_choice: int = 0,
-    ) -> list[GenerationRequest]:
-        stop = self.stop_strings(req)
-        return [
-            GenerationRequest(
-                prompt_tokens=prompt,
-                params=self.sampling_params(req, first_choice + i, top_logprobs=top_logprobs, grammar=grammar),
-                max_tokens=max_tokens,
-                stop=stop,
-                request_id=request_id,
-            )
-            for i in range(n)
-        ]
+        grammar_param: str | None = None,
+    ) -> PreparedGeneration:
+        """Size each prompt's choices to the context and give each its sampling settings."""
+        params = choice_params(req, self.info, n, top_logprobs=top_logprobs, grammar=grammar)
+        stop = stop_strings(req)
+        requests: list[GenerationRequest] = []
+        for prompt in prompts:
+            budget = token_budget(len(prompt), max_tokens, self.info.n_ctx_per_seq, param=prompt_param)
+            if budget == 0:
+                continue
+            requests += [GenerationRequest(prompt, p, budget, stop, request_id) for p in params]
+        return PreparedGeneration(request_id, prompts, n, requests, grammar_param)
 
-    def submit(self, requests: Sequence[GenerationRequest]) -> list[RequestHandle]:
+    # ---- submit -------------------------------------------------------------------------------
+
+    def submit(self, prepared: PreparedGeneration) -> list[RequestHandle]:
         """Submit every choice, or none: a refusal part way cancels those already queued."""
         handles: list[RequestHandle] = []
         try:
-            for r in requests:
+            for r in prepared.requests:
                 handles.append(self.scheduler.submit(r))
         except BaseException:
             for h in handles:
@@ -192,71 +181,125 @@ class GenerationService:
             raise
         return handles
 
-    # ---- events -----------------------------------------------------------------------------
+    # ---- events -------------------------------------------------------------------------------
 
-    @staticmethod
-    async def merged_events(
-        handles: Sequence[RequestHandle],
-    ) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent]]:
+    async def events(
+        self, prepared: PreparedGeneration, handles: Sequence[RequestHandle]
+    ) -> AsyncIterator[ChoiceEvent]:
         """Every choice's events in arrival order, tagged with the choice index.
 
-        Ends after the last choice finishes; an error event is raised. Leaving early
-        (or an error) cancels every choice, which frees their slots.
+        Ends after the last choice finishes; an error is raised as the API's error. Leaving
+        early (or an error) cancels every choice, which frees their slots at the next step.
         """
-        merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent | ErrorEvent]] = asyncio.Queue()
-
-        async def pump(i: int, handle: RequestHandle) -> None:
-            async for ev in handle.events():
-                await merged.put((i, ev))
-
-        tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
         try:
-            remaining = len(handles)
-            while remaining:
-                i, ev = await merged.get()
-                if isinstance(ev, ErrorEvent):
-                    raise api_error(ev.error)
-                if isinstance(ev, FinishEvent):
-                    remaining -= 1
-                yield i, ev
+            if len(handles) == 1:  # one choice needs no merging task
+                async for ev in handles[0].events():
+                    yield 0, self._checked(ev, prepared)
+            else:
+                async for i, ev in _merged(handles):
+                    yield i, self._checked(ev, prepared)
         finally:
-            for t in tasks:
-                t.cancel()
             for h in handles:
                 h.cancel()
 
-    # ---- responses --------------------------------------------------------------------------
+    @staticmethod
+    def _checked(ev: TokenEvent | FinishEvent | ErrorEvent, prepared: PreparedGeneration) -> TokenEvent | FinishEvent:
+        if isinstance(ev, ErrorEvent):
+            raise api_error(ev.error, grammar_param=prepared.grammar_param)
+        return ev
+
+    # ---- finish -------------------------------------------------------------------------------
+
+    @staticmethod
+    def usage(prepared: PreparedGeneration, finishes: Sequence[FinishEvent | None]) -> Usage:
+        """Each prompt counts once however many choices it has (as OpenAI counts it).
+
+        The choice that computed a prompt reports the real cache hits; the others reused its
+        cells, so per prompt the least is the truth.
+        """
+        n = prepared.n
+        cached = 0
+        for p in range(len(prepared.prompts)):
+            cached += min((f.cached_tokens for f in finishes[p * n : (p + 1) * n] if f is not None), default=0)
+        prompt_tokens = sum(len(p) for p in prepared.prompts)
+        completion = sum(f.completion_tokens for f in finishes if f is not None)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prompt_tokens + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        )
+
+    @staticmethod
+    def finish_reason(reason: FinishReason | None) -> WireFinish:
+        # A choice with nothing to generate (max_tokens 0) ended on its length.
+        return "stop" if reason is FinishReason.STOP else "length"
+
+    def wire_chunk(
+        self,
+        cls: type[ChunkT],
+        request_id: str,
+        created: int,
+        choices: Sequence[object],
+        usage: Usage | None,
+        *,
+        include_usage: bool,
+    ) -> Chunk:
+        """One stream chunk as a dict; ``usage`` is sent (null until the last) only when asked for."""
+        chunk = cls(
+            id=request_id,
+            created=created,
+            model=self.model_id,
+            system_fingerprint=self.fingerprint,
+            choices=choices,
+            usage=usage,
+        ).model_dump()
+        if not include_usage:
+            chunk.pop("usage")
+        return chunk
 
     def token_text(self, token: int) -> tuple[str, list[int]]:
         raw = self.engine.token_bytes(token)
         return raw.decode("utf-8", errors="replace"), list(raw)
 
     @staticmethod
-    def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
-        return Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
-        )
-
-    @staticmethod
-    def finish_reason(reason: FinishReason) -> str:
-        return "length" if reason is FinishReason.LENGTH else "stop"
-
-    @staticmethod
     def now() -> int:
         return int(time.time())
 
 
-def api_error(exc: Exception) -> Exception:
-    """An error from the scheduler as the API reports it: engine errors become the typed API errors."""
-    if isinstance(exc, LlamaserveError):
+async def _merged(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent | ErrorEvent]]:
+    merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent | ErrorEvent]] = asyncio.Queue()
+
+    async def pump(i: int, handle: RequestHandle) -> None:
+        async for ev in handle.events():
+            await merged.put((i, ev))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        remaining = len(handles)
+        while remaining:
+            i, ev = await merged.get()
+            if isinstance(ev, FinishEvent | ErrorEvent):
+                remaining -= 1
+            yield i, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def api_error(exc: Exception, *, grammar_param: str | None = None) -> LlamaserveError:
+    """An error from the scheduler as the API reports it: the engine's typed errors become 4xx/5xx."""
+    if isinstance(exc, LlamaserveError):  # the scheduler's own: queue full, timeout, shutting down
         return exc
     if isinstance(exc, InvalidGrammarError):
-        return InvalidRequestError(f"The grammar is not valid GBNF: {exc}.", param="grammar")
+        param = grammar_param or "grammar"
+        return InvalidRequestError(f"The grammar from '{param}' was refused by llama.cpp: {exc}.", param=param)
     if isinstance(exc, PromptTooLongError):
         return ContextLengthExceededError(exc.n_tokens, exc.limit, prompt_tokens=exc.n_tokens)
+    if isinstance(exc, TokenOutOfRangeError):
+        return InvalidRequestError(f"The request holds a token outside the vocabulary: {exc}.")
     if isinstance(exc, SequenceRefusedError):
-        return InvalidRequestError(f"The request could not start: {exc}.")
+        # Everything else begin() refuses was checked before submitting: reaching here is our bug.
+        log.error("the engine refused a checked request: %s", exc)
+        return GenerationError(f"The request could not start: {exc}.")
     return GenerationError(f"The engine failed: {exc}")

@@ -1,11 +1,12 @@
-"""Several models by name: each with its own engine, slot pool, scheduler and service.
+"""The models a server serves, by name: one or several, each with its own engine, slots, scheduler, services.
 
-A request's ``model`` field picks the model (``None`` picks the first configured one).
+A single model is a registry of one, so routes, health, drain and shutdown have one code
+path. A request's ``model`` field picks the model (``None`` picks the first configured one).
 A model that is not loaded is loaded on its first request, which waits for it (and is
 counted as waiting in the queue gauge meanwhile). With ``max_loaded`` set, loading one
 more unloads the least recently used model that has nothing running or queued; with
 ``idle_unload`` set, a model idle that long is unloaded. How a loaded engine becomes a
-scheduler and a service is the composition root's business (:mod:`server.api.app` passes
+scheduler and services is the composition root's business (:mod:`server.api.app` passes
 ``serve``), so this module only decides *when* models load and unload.
 """
 
@@ -20,8 +21,7 @@ from dataclasses import dataclass, field
 from server.engine.base import Engine
 from server.errors import ModelNotFoundError, ServiceUnavailableError
 from server.protocol import Model, ModelList
-from server.runtime.scheduler import Scheduler
-from server.services.chat import ChatService
+from server.services.model import LoadedModel
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 2.0
 # How often an over-full registry looks again for a model it may unload.
 EVICT_POLL_SECONDS = 0.05
-
-
-@dataclass
-class LoadedModel:
-    engine: Engine
-    scheduler: Scheduler
-    service: ChatService
-    close: Callable[[], None]  # stops the scheduler and frees the engine; blocks
 
 
 @dataclass
@@ -63,7 +55,6 @@ class ModelRegistry:
         serve: Callable[[Settings, Engine], LoadedModel],
         max_loaded: int = 0,
         idle_unload: float = 0.0,
-        on_change: Callable[[str, LoadedModel | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not models:
@@ -77,7 +68,6 @@ class ModelRegistry:
         self._serve = serve
         self.max_loaded = max_loaded
         self.idle_unload = idle_unload
-        self._on_change = on_change
         self._clock = clock
         self._waiting_for_load = 0
         self._reaper: asyncio.Task[None] | None = None
@@ -101,8 +91,13 @@ class ModelRegistry:
             raise ModelNotFoundError(model_id)
         return Model(id=model_id, created=self.created)
 
-    async def service(self, model: str | None) -> ChatService:
-        """The service of ``model`` (None = the first), loading it first if needed."""
+    def loaded(self, model_id: str | None = None) -> LoadedModel | None:
+        """``model_id`` (None = the first) if it is loaded now; never loads anything."""
+        entry = self._entries.get(model_id or self.default_id)
+        return entry.loaded if entry is not None else None
+
+    async def get(self, model: str | None) -> LoadedModel:
+        """The model ``model`` (None = the first), loading it first if needed."""
         if self._closed:
             raise ServiceUnavailableError("The server is shutting down.")
         entry = self._entries.get(model or self.default_id)
@@ -117,7 +112,7 @@ class ModelRegistry:
                 self._waiting_for_load -= 1
         assert entry.loaded is not None
         entry.last_used = self._clock()
-        return entry.loaded.service
+        return entry.loaded
 
     # ---- the queue gauges (metrics.watch reads these) -------------------------------------------
 
@@ -184,8 +179,6 @@ class ModelRegistry:
             entry.loaded = self._serve(entry.settings, engine)
             entry.last_used = self._clock()
             log.info("model %s loaded in %.1f s", entry.id, self._clock() - started)
-            if self._on_change is not None:
-                self._on_change(entry.id, entry.loaded)
 
     async def _make_room(self, entry: _Entry) -> None:
         """Unload least recently used models until one more fits under ``max_loaded``."""
@@ -210,8 +203,6 @@ class ModelRegistry:
         if loaded is None:
             return
         log.info("unloading model %s (%s)", entry.id, reason)
-        if self._on_change is not None:
-            self._on_change(entry.id, None)
         await asyncio.to_thread(loaded.close)
 
     async def _reap_idle(self) -> None:
@@ -234,8 +225,3 @@ def _model_id(settings: Settings) -> str:
     from server.engine.llama.model_files import default_model_id, resolve_model_path
 
     return default_model_id(resolve_model_path(settings.model))
-
-
-def uses_registry(settings: Settings) -> bool:
-    """Several models, or a single one that may be unloaded: served through a registry."""
-    return len(settings.model_settings()) > 1 or settings.max_loaded_models > 0 or settings.idle_unload > 0

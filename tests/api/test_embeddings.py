@@ -50,7 +50,7 @@ class HashEmbedder:
 @pytest.fixture
 def embedder(client: TestClient, engine: FakeEngine) -> HashEmbedder:
     e = HashEmbedder()
-    service = client.app.state.llamaserve.service  # type: ignore[attr-defined]
+    service = client.app.state.llamaserve.registry.loaded()  # type: ignore[attr-defined]
     service.embeddings = EmbeddingsService.with_embedder(e, model_id="fake-model", n_vocab=engine.info.n_vocab)
     return e
 

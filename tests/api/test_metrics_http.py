@@ -93,7 +93,7 @@ def test_queue_full_429_carries_the_request_id_and_is_counted() -> None:
     engine = FakeEngine(reply=lambda p: "z" * 100_000, n_slots=1, step_delay=0.01)
     with TestClient(create_app(Settings(max_queue=0), engine=engine)) as c:
         state: AppState = c.app.state.llamaserve  # type: ignore[attr-defined]
-        assert state.scheduler is not None
+        assert state.registry.loaded() is not None
         with c.stream("POST", CHAT, json={"messages": MESSAGES, "stream": True}) as first:
             for line in first.iter_lines():
                 if '"content":"z"' in line:

@@ -312,7 +312,7 @@ def test_apply_template_with_llama31_override_matches_the_official_template() ->
         # after it and the tokenizer adds it: exactly one BOS either way.
         assert prompt == expected.removeprefix("<|begin_of_text|>")
         assert prompt.startswith("<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n")
-        tokens = client.app.state.llamaserve.service.tokenize_prompt(prompt)
+        tokens = client.app.state.llamaserve.registry.loaded().chat.tokenize_prompt(prompt)
         assert tokens[0] == BOS and tokens.count(BOS) == 1
 
 

@@ -7,7 +7,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.api.app import WEB_DIR, create_app
+from server.api.app import create_app
+from server.api.web import WEB_DIR
 from server.engine.fake import FakeEngine
 from server.settings import Settings
 

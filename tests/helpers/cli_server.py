@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.api.app import FAKE_ENGINE_ENV
+from server.api.engines import FAKE_ENGINE_ENV
 from tests.conftest import ROOT
 from tests.helpers.live import free_port, wait_healthy
 

@@ -146,11 +146,11 @@ def test_an_error_outside_the_decode_does_not_kill_the_engine_thread() -> None:
     real = engine.token_bytes
     broken = {"once": True}
 
-    def token_bytes(token: int) -> bytes:
+    def token_bytes(token: int, *, special: bool = False) -> bytes:
         if broken["once"] and token == ord("b"):
             broken["once"] = False
             raise RuntimeError("simulated detokenizer bug")
-        return real(token)
+        return real(token, special=special)
 
     engine.token_bytes = token_bytes  # type: ignore[method-assign]
     with live_server(create_app(Settings(), engine=engine)) as url:

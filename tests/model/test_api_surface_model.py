@@ -167,7 +167,7 @@ def test_stop_never_leaks(sdk: OpenAI) -> None:
 
 
 def test_usage_counts_the_real_tokens(sdk: OpenAI, client: TestClient) -> None:
-    service = client.app.state.llamaserve.service  # type: ignore[attr-defined]
+    service = client.app.state.llamaserve.registry.loaded().chat  # type: ignore[attr-defined]
     messages = [SYSTEM, {"role": "user", "content": "Name three colors."}]
     prompt = service.tokenize_prompt(service.render_prompt([ChatMessage.model_validate(m) for m in messages]))
     first = chat(sdk, messages=messages, temperature=0, max_tokens=8, logprobs=True)
@@ -217,7 +217,7 @@ def test_tokenize_round_trip(client: TestClient) -> None:
 
 
 def test_n_choices_compute_the_prompt_once(sdk: OpenAI, client: TestClient) -> None:
-    engine = client.app.state.llamaserve.engine  # type: ignore[attr-defined]
+    engine = client.app.state.llamaserve.registry.loaded().engine  # type: ignore[attr-defined]
     before = engine.prefilled_tokens
     question = {"role": "user", "content": "Write one line about the number 7311."}
     r = chat(sdk, messages=[SYSTEM, question], n=3, temperature=0, max_tokens=6)

@@ -67,8 +67,9 @@ def test_stop_tokens_are_end_of_generation(engine: LlamaEngine) -> None:
 
 def test_server_detects_llama31_and_uses_the_native_builder(client: TestClient) -> None:
     state: AppState = client.app.state.llamaserve  # type: ignore[attr-defined]
-    assert state.service is not None
-    assert isinstance(state.service.template, Llama31Template)
+    loaded = state.registry.loaded()
+    assert loaded is not None
+    assert isinstance(loaded.chat.template, Llama31Template)
     prompt = client.post("/apply-template", json={"messages": MESSAGES}).json()["prompt"]
     assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date:")
     assert prompt.endswith("Be brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
@@ -77,9 +78,10 @@ def test_server_detects_llama31_and_uses_the_native_builder(client: TestClient) 
 
 def test_prompt_carries_exactly_one_bos(client: TestClient, engine: LlamaEngine) -> None:
     state: AppState = client.app.state.llamaserve  # type: ignore[attr-defined]
-    assert state.service is not None
+    loaded = state.registry.loaded()
+    assert loaded is not None
     prompt = client.post("/apply-template", json={"messages": MESSAGES}).json()["prompt"]
-    tokens = state.service.tokenize_prompt(prompt)
+    tokens = loaded.chat.tokenize_prompt(prompt)
     bos = token_id("<|begin_of_text|>")
     assert tokens[0] == bos and tokens.count(bos) == 1
     assert tokens[1] == token_id("<|start_header_id|>")

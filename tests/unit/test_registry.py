@@ -13,8 +13,8 @@ from server.engine.fake import FakeEngine
 from server.errors import ModelNotFoundError, ServiceUnavailableError
 from server.runtime.events import ErrorEvent, GenerationRequest
 from server.runtime.scheduler import RequestHandle, Scheduler
-from server.services.chat import ChatService
-from server.services.registry import LoadedModel, ModelRegistry
+from server.services.model import LoadedModel
+from server.services.registry import ModelRegistry
 from server.settings import Settings
 
 
@@ -44,15 +44,8 @@ class Recorder:
     def serve(self, s: Settings, engine: Engine) -> LoadedModel:
         scheduler = Scheduler(engine, max_queue=4)
         scheduler.start()
-        service = ChatService(engine, scheduler, model_id=s.alias or "?")
         name = s.alias or "?"
-
-        def close() -> None:
-            scheduler.stop()
-            engine.close()
-            self.closes.append(name)
-
-        return LoadedModel(engine, scheduler, service, close)
+        return LoadedModel.serve(name, engine, scheduler, on_close=lambda: self.closes.append(name))
 
 
 def models(*aliases: str) -> list[Settings]:
@@ -72,12 +65,12 @@ async def test_lists_every_model_and_loads_on_first_request(clock: Clock) -> Non
         assert [m.id for m in reg.list_models().data] == ["a", "b", "c"]
         assert reg.loaded_ids() == ["a"]  # only what fits is loaded up front
         clock.now += 10
-        service = await reg.service("b")
+        service = await reg.get("b")
         assert service.model_id == "b"
         assert reg.loaded_ids() == ["b"]
         assert rec.loads == ["a", "b"] and rec.closes == ["a"]  # the least recently used went
         clock.now += 10
-        assert (await asyncio.wait_for(reg.service(None), 30)).model_id == "a"  # no name: the first model
+        assert (await asyncio.wait_for(reg.get(None), 30)).model_id == "a"  # no name: the first model
     finally:
         await reg.close()
     assert rec.closes == ["a", "b", "a"]
@@ -90,9 +83,9 @@ async def test_least_recently_used_is_unloaded(clock: Clock) -> None:
     try:
         assert reg.loaded_ids() == ["a", "b"]
         clock.now += 10
-        await reg.service("a")  # a is now more recent than b
+        await reg.get("a")  # a is now more recent than b
         clock.now += 10
-        await asyncio.wait_for(reg.service("c"), 30)
+        await asyncio.wait_for(reg.get("c"), 30)
         assert sorted(reg.loaded_ids()) == ["a", "c"]
         assert rec.closes == ["b"]
     finally:
@@ -105,7 +98,7 @@ async def test_unknown_model_is_404() -> None:
     await reg.start()
     try:
         with pytest.raises(ModelNotFoundError, match="'nope' does not exist"):
-            await reg.service("nope")
+            await reg.get("nope")
         with pytest.raises(ModelNotFoundError):
             reg.model("nope")
     finally:
@@ -117,10 +110,10 @@ async def test_a_busy_model_is_not_unloaded_until_its_requests_end(clock: Clock)
     reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, max_loaded=1, clock=clock)
     await reg.start()
     try:
-        service_a = await reg.service("a")
+        service_a = await reg.get("a")
         handle = service_a.scheduler.submit(GenerationRequest([1, 2, 3], SamplingParams(), max_tokens=100_000))
         clock.now += 10
-        want_b = asyncio.create_task(reg.service("b"))
+        want_b = asyncio.create_task(reg.get("b"))
         await asyncio.sleep(0.3)
         assert not want_b.done()  # a is generating: b waits rather than exceed the limit
         assert reg.waiting == 1  # the wait shows in the queue gauge
@@ -144,7 +137,7 @@ async def test_waiting_for_a_load_is_counted_as_waiting() -> None:
     try:
         await reg.close()
         reg._closed = False  # reopen with nothing loaded, to watch a load from the start
-        pending = asyncio.create_task(reg.service("b"))
+        pending = asyncio.create_task(reg.get("b"))
         for _ in range(200):
             if reg.waiting == 1:
                 break
@@ -165,42 +158,37 @@ async def test_idle_models_are_unloaded_and_come_back(clock: Clock) -> None:
     try:
         assert sorted(reg.loaded_ids()) == ["a", "b"]
         clock.now += 60
-        await reg.service("a")  # a is used; b stays idle
+        await reg.get("a")  # a is used; b stays idle
         for _ in range(300):
             if rec.closes:
                 break
             await asyncio.sleep(0.01)
         assert reg.loaded_ids() == ["a"] and rec.closes == ["b"]
-        assert (await reg.service("b")).model_id == "b"  # loaded again on its next request
+        assert (await reg.get("b")).model_id == "b"  # loaded again on its next request
         assert rec.loads == ["a", "b", "b"]
     finally:
         await reg.close()
 
 
-async def test_changes_are_reported(clock: Clock) -> None:
+async def test_loads_and_unloads_happen_in_order_and_each_model_closes_once(clock: Clock) -> None:
     rec = Recorder()
-    seen: list[tuple[str, bool]] = []
-    reg = ModelRegistry(
-        models("a", "b"),
-        load=rec.load,
-        serve=rec.serve,
-        max_loaded=1,
-        clock=clock,
-        on_change=lambda model_id, loaded: seen.append((model_id, loaded is not None)),
-    )
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, max_loaded=1, clock=clock)
     await reg.start()
+    assert reg.loaded("a") is not None and reg.loaded("b") is None
     clock.now += 10
-    await reg.service("b")
+    await reg.get("b")
+    assert (rec.loads, rec.closes) == (["a", "b"], ["a"])
+    assert reg.loaded() is None  # the first model is the default, and it is unloaded now
     await reg.close()
-    assert seen == [("a", True), ("a", False), ("b", True), ("b", False)]
+    assert rec.closes == ["a", "b"]
 
 
-async def running_on_second_model(clock: Clock) -> tuple[ModelRegistry, ChatService, RequestHandle]:
+async def running_on_second_model(clock: Clock) -> tuple[ModelRegistry, LoadedModel, RequestHandle]:
     """Two models, with a long request running on the second (not the default) one."""
     rec = Recorder(step_delay=0.01)
     reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, clock=clock)
     await reg.start()
-    service_b = await reg.service("b")
+    service_b = await reg.get("b")
     handle = service_b.scheduler.submit(GenerationRequest([1, 2], SamplingParams(), max_tokens=100_000))
     await asyncio.wait_for(handle.admitted.wait(), 30)
     return reg, service_b, handle
@@ -212,7 +200,7 @@ async def test_drain_interface_covers_every_model(clock: Clock) -> None:
         assert reg.busy == 1  # b's request counts, though b is not the first model
         reg.stop_accepting()
         with pytest.raises(ServiceUnavailableError):
-            await reg.service("a")
+            await reg.get("a")
         with pytest.raises(ServiceUnavailableError):
             service_b.scheduler.submit(GenerationRequest([1], SamplingParams(), max_tokens=1))
         await asyncio.to_thread(reg.stop)

@@ -9,18 +9,10 @@ import jsonschema
 import pytest
 
 from server.errors import InvalidRequestError
-from server.prompting.tools import (
-    ParsedCall,
-    ToolCallStream,
-    ToolChoiceStreamer,
-    ToolPlan,
-    generic_messages,
-    parse_tool_calls,
-    plan_tools,
-    to_tool_calls,
-    tool_call_deltas,
-)
+from server.prompting.tool_parse import ParsedCall, parse_tool_calls
+from server.prompting.tools import ToolPlan, generic_messages, plan_tools, to_tool_calls
 from server.protocol import ChunkDelta
+from server.services.tool_stream import ToolCallStream, ToolChoiceStreamer, tool_call_deltas
 
 WEATHER_PARAMS = {
     "type": "object",

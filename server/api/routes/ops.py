@@ -5,35 +5,33 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.api.state import AppState
+from server.api.routes.models import app_state
+from server.api.state import AppStatus
 
 router = APIRouter()
 
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    state: AppState = request.app.state.llamaserve
-    body: dict[str, object] = {"status": state.status}
-    if state.scheduler is not None:
-        body["slots_total"] = state.scheduler.n_slots
-        body["slots_busy"] = state.scheduler.busy
-        body["requests_waiting"] = state.scheduler.waiting
-    if state.engine is not None:
-        # The web UI shows "tokens used / context" per conversation.
-        body["n_ctx_per_seq"] = state.engine.info.n_ctx_per_seq
-    if state.registry is not None:
-        # Several models: the fields above are the first model's; these say what is loaded now.
-        body["models"] = state.registry.ids
-        body["models_loaded"] = state.registry.loaded_ids()
-        body["requests_waiting"] = state.registry.waiting
+    state = app_state(request)
+    registry = state.registry
+    body: dict[str, object] = {"status": state.status.value}
+    first = registry.loaded()
+    if first is not None:
+        # The first model's pool; the web UI shows "tokens used / context" per conversation.
+        body["slots_total"] = first.scheduler.n_slots
+        body["slots_busy"] = first.scheduler.busy
+        body["n_ctx_per_seq"] = first.engine.info.n_ctx_per_seq
+    body["requests_waiting"] = registry.waiting  # every model's queue, and requests waiting for a load
+    body["models"] = registry.ids
+    body["models_loaded"] = registry.loaded_ids()
     if state.load_error:
         body["error"] = state.load_error
-    return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
+    return JSONResponse(body, status_code=200 if state.status is AppStatus.OK else 503)
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text format; OpenMetrics when the scraper's Accept header asks for it."""
-    state: AppState = request.app.state.llamaserve
-    body, content_type = state.metrics.render(request.headers.get("accept"))
+    body, content_type = app_state(request).metrics.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from server.api.routes.openai import service_of
+from server.api.routes.models import model_for
 from server.protocol import ApplyTemplateResponse, ChatCompletionRequest
 
 router = APIRouter()
@@ -13,4 +13,5 @@ router = APIRouter()
 @router.post("/apply-template", response_model=ApplyTemplateResponse)
 async def apply_template(body: ChatCompletionRequest, request: Request) -> ApplyTemplateResponse:
     """The text the model would see for this chat request, tools and generation prompt included."""
-    return ApplyTemplateResponse(prompt=service_of(request).apply_template(body))
+    chat = (await model_for(request, body.model)).chat
+    return ApplyTemplateResponse(prompt=await chat.pipeline.off_loop(lambda: chat.apply_template(body)))

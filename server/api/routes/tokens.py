@@ -1,13 +1,14 @@
 """Our extension, in llama.cpp server's shapes: ``POST /tokenize`` and ``POST /detokenize``.
 
-Both take an optional ``model`` (the served model by default), like the /v1 routes.
+Both take an optional ``model`` (the first model by default), like the /v1 routes.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from server.api.routes.openai import service_for
+from server.api.routes.models import model_for
+from server.errors import InvalidRequestError
 from server.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 router = APIRouter()
@@ -15,16 +16,16 @@ router = APIRouter()
 
 def _model(body: TokenizeRequest | DetokenizeRequest) -> str | None:
     model = (body.model_extra or {}).get("model")
-    return model if isinstance(model, str) else None
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("'model' must be a string.", param="model")
+    return model
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    return (await service_for(request, _model(body))).tokenize(body)
+    return await (await model_for(request, _model(body))).tokens.tokenize(body)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    service = await service_for(request, _model(body))
-    service.check_model(_model(body))
-    return service.detokenize(body)
+    return await (await model_for(request, _model(body))).tokens.detokenize(body)

@@ -1,0 +1,62 @@
+"""One served model: its engine, its scheduler, and the services of every endpoint family over them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.engine.base import Engine
+from server.runtime.scheduler import Scheduler
+from server.services.chat import ChatService, template_for
+from server.services.completions import CompletionService
+from server.services.embeddings import EmbeddingsService
+from server.services.limits import RequestLimits
+from server.services.pipeline import Pipeline
+from server.services.tokens import TokenService
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    engine: Engine
+    scheduler: Scheduler
+    chat: ChatService
+    completions: CompletionService
+    embeddings: EmbeddingsService
+    tokens: TokenService
+    close: Callable[[], None]  # stops the scheduler, frees the embedder and the engine; blocks
+
+    @classmethod
+    def serve(
+        cls,
+        model_id: str,
+        engine: Engine,
+        scheduler: Scheduler,
+        *,
+        limits: RequestLimits | None = None,
+        chat_template: str | None = None,
+        close_engine: bool = True,
+        on_close: Callable[[], None] | None = None,
+    ) -> LoadedModel:
+        """The services over a started scheduler; ``close_engine=False`` for an engine the caller owns."""
+        pipeline = Pipeline(engine, scheduler, model_id=model_id, limits=limits)
+        embeddings = EmbeddingsService.for_engine(engine, model_id=model_id)
+
+        def close() -> None:
+            scheduler.stop()
+            embeddings.close()
+            if close_engine:
+                engine.close()
+            if on_close is not None:
+                on_close()
+
+        return cls(
+            model_id=model_id,
+            engine=engine,
+            scheduler=scheduler,
+            chat=ChatService(pipeline, template_for(engine, chat_template)),
+            completions=CompletionService(pipeline),
+            embeddings=embeddings,
+            tokens=TokenService(pipeline),
+            close=close,
+        )
