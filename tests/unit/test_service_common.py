@@ -8,7 +8,7 @@ from server.engine.fake import FakeEngine
 from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.protocol import ChatCompletionRequest
 from server.runtime.scheduler import Scheduler
-from server.services.pipeline import DEFAULT_MIN_P, DEFAULT_TOP_K, GenerationService
+from server.services.pipeline import GenerationService
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def test_each_choice_gets_seed_plus_its_index(service: GenerationService) -> Non
 
 def test_openai_defaults_and_our_extensions(service: GenerationService) -> None:
     p = service.sampling_params(request(), 0, top_logprobs=None, grammar=None)
-    assert (p.temperature, p.top_p, p.top_k, p.min_p) == (1.0, 1.0, DEFAULT_TOP_K, DEFAULT_MIN_P)
+    # OpenAI's temperature and top_p, and the top_k / min_p defaults the README documents.
+    assert (p.temperature, p.top_p, p.top_k, p.min_p) == (1.0, 1.0, 40, 0.05)
     p = service.sampling_params(
         request(temperature=0, top_k=0, min_p=0, repeat_penalty=1.3, presence_penalty=0.5, logit_bias={"7": -100}),
         0,
