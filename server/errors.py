@@ -1,5 +1,5 @@
 """The typed error tree. Each error knows its HTTP status and OpenAI ``type``/``code``;
-``routes`` maps them to OpenAI's error JSON in one place.
+the handlers in :mod:`server.api.app` map them to OpenAI's error JSON in one place.
 
     LlamaserveError                     500 server_error
     ├── InvalidRequestError             400 invalid_request_error
@@ -7,13 +7,16 @@
     │   ├── ContextLengthExceededError  400 code=context_length_exceeded
     │   └── RequestTooLargeError        413 code=request_too_large
     ├── AuthenticationError             401 invalid_api_key
-    ├── NotFoundError                   404 not_found_error
-    │   └── ModelNotFoundError          404 code=model_not_found
-    ├── MethodNotAllowedError           405
+    ├── ModelNotFoundError              404 code=model_not_found
     ├── QueueFullError                  429 (carries retry_after seconds)
     ├── ServiceUnavailableError         503 (loading, draining)
     ├── GenerationError                 500 (the engine failed mid-request)
     └── RequestTimeoutError             504 (--request-timeout passed)
+
+Subclasses that live beside what raises them: ``InvalidSchemaError`` (400, under
+``InvalidRequestError``) in :mod:`server.prompting.grammar`; ``ConfigError`` in
+:mod:`server.settings`, ``ChatTemplateError`` in :mod:`server.prompting.chat_template` and
+``ModelFileError`` in :mod:`server.engine.llama.model_files`, which the CLI reports at start-up.
 """
 
 from __future__ import annotations
@@ -90,23 +93,13 @@ class AuthenticationError(LlamaserveError):
     code = "invalid_api_key"
 
 
-class NotFoundError(LlamaserveError):
+class ModelNotFoundError(LlamaserveError):
     status_code = 404
     error_type = "invalid_request_error"
-    code = "not_found"
-
-
-class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist.", param="model")
-
-
-class MethodNotAllowedError(LlamaserveError):
-    status_code = 405
-    error_type = "invalid_request_error"
-    code = "method_not_allowed"
 
 
 class QueueFullError(LlamaserveError):

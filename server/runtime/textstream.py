@@ -17,7 +17,6 @@ class TextStream:
         self._stop = [s for s in stop if s]
         self._held = ""
         self.stopped = False
-        self.text = ""  # everything emitted so far
 
     def push(self, piece: bytes) -> str:
         """Feed one token's bytes; return the text that is now safe to emit."""
@@ -39,10 +38,10 @@ class TextStream:
         if cut >= 0:
             self.stopped = True
             self._held = ""
-            return self._emit(held[:cut])
+            return held[:cut]
         keep = 0 if final else self._partial_stop_suffix(held)
         self._held = held[len(held) - keep :] if keep else ""
-        return self._emit(held[: len(held) - keep])
+        return held[: len(held) - keep]
 
     def _partial_stop_suffix(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that begins some stop string."""
@@ -53,7 +52,3 @@ class TextStream:
                     best = n
                     break
         return best
-
-    def _emit(self, text: str) -> str:
-        self.text += text
-        return text

@@ -55,7 +55,8 @@ def raw_get(url: str, path: str) -> bytes:
 def test_no_path_reaches_outside_web(url: str, path: str) -> None:
     response = raw_get(url, path)
     status = response.split(b"\r\n", 1)[0]
-    assert status.split()[1] in (b"400", b"404"), status
+    # The UI mount answers every path it finds no file for inside web/ with the API's 404.
+    assert status.split()[1] == b"404", status
     assert not any(secret in response for secret in SECRETS)
 
 

@@ -65,7 +65,7 @@ def test_commented_models_example_is_valid_once_uncommented(tmp_path: Path) -> N
     assert [m.alias for m in settings.models] == ["llama", "smol"]
     llama, smol = settings.model_settings()
     assert (llama.ctx_size, llama.parallel, llama.chat_template, llama.n_gpu_layers) == (4096, 2, "llama-3.1", 999)
-    assert (smol.model, smol.ctx_size, smol.parallel) == (None, 2048, Settings().parallel)
+    assert (smol.model, smol.ctx_size, smol.parallel) == (None, 2048, 4)  # parallel: the top-level default
 
 
 # ---- precedence -------------------------------------------------------------------------------
