@@ -101,18 +101,21 @@ def load_llama_engine(settings: Settings) -> Engine:
 
 def _serve_model(state: AppState, settings: Settings, engine: Engine) -> LoadedModel:
     """One model's scheduler and service (each model of a registry gets its own)."""
-    state.metrics.set_model(engine.info)
+    model_id = settings.alias if state.registry is not None and settings.alias else engine.info.id
+    metrics = state.metrics.model(model_id)
+    metrics.set_model(engine.info)
     scheduler = Scheduler(
         engine,
         max_queue=settings.max_queue,
-        hooks=state.metrics,
+        hooks=metrics,
         request_timeout=settings.request_timeout,
     )
+    metrics.watch(scheduler)
     scheduler.start()
     service = ChatService(
         engine,
         scheduler,
-        model_id=settings.alias if state.registry is not None and settings.alias else engine.info.id,
+        model_id=model_id,
         limits=RequestLimits.from_settings(settings),
         chat_template=settings.chat_template,
     )
@@ -127,7 +130,6 @@ def _serve_model(state: AppState, settings: Settings, engine: Engine) -> LoadedM
 
 def _start_serving(state: AppState, engine: Engine) -> None:
     loaded = _serve_model(state, state.settings, engine)
-    state.metrics.watch(loaded.scheduler)
     state.engine, state.scheduler, state.service = loaded.engine, loaded.scheduler, loaded.service
     state.status = "ok"
 
@@ -136,6 +138,8 @@ def _start_registry(state: AppState, factory: EngineFactory) -> asyncio.Task[Non
     """Several models (server/services/registry.py): the first one's service also answers /health, /tokenize."""
 
     def on_change(model_id: str, loaded: LoadedModel | None) -> None:
+        if loaded is None:
+            state.metrics.model(model_id).forget()
         if model_id == registry.default_id:
             state.engine = loaded.engine if loaded else None
             state.scheduler = loaded.scheduler if loaded else None
@@ -151,7 +155,8 @@ def _start_registry(state: AppState, factory: EngineFactory) -> asyncio.Task[Non
         on_change=on_change,
     )
     state.registry = registry
-    state.metrics.watch(registry)
+    for model_id in registry.ids:
+        state.metrics.model(model_id)  # its counters at 0 before its first load, so rate() sees the first event
 
     async def start() -> None:
         try:
