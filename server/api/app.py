@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, engine: Engine) -> LoadedModel:
     """One model's scheduler and services (each model of the registry gets its own)."""
     model_id = settings.alias or engine.info.id
-    metrics.set_model(engine.info)
+    hooks = metrics.model(model_id)
+    hooks.set_model(engine.info)
     scheduler = Scheduler(
         engine,
         max_queue=settings.max_queue,
-        hooks=metrics,
+        hooks=hooks,
         request_timeout=settings.request_timeout,
     )
+    hooks.watch(scheduler)
     scheduler.start()
     return LoadedModel.serve(
         model_id,
@@ -55,6 +57,7 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         limits=RequestLimits.from_settings(settings),
         chat_template=settings.chat_template,
         close_engine=source.owns_engines,
+        on_close=hooks.forget,  # an unloaded model's gauges leave /metrics; its counters stay
     )
 
 
@@ -69,7 +72,8 @@ def _registry(settings: Settings, source: EngineSource, metrics: Metrics) -> Mod
         max_loaded=settings.max_loaded_models,
         idle_unload=settings.idle_unload,
     )
-    metrics.watch(registry)
+    for model_id in registry.ids:
+        metrics.model(model_id)  # its counters at 0 before its first load, so rate() sees the first event
     return registry
 
 

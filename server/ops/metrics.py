@@ -2,9 +2,12 @@
 
 This is the only module that imports ``prometheus_client``. :class:`Metrics` owns
 a private :class:`CollectorRegistry` (so tests can build many apps in one
-process), implements :class:`server.scheduler.SchedulerHooks` for everything the
-engine thread sees, and offers ``record_*`` methods for what only the HTTP layer
-sees (status codes, requests refused before they reach the scheduler).
+process) and offers ``record_*`` methods for what only the HTTP layer sees
+(status codes, requests refused before they reach the scheduler). Everything a
+scheduler sees goes through the :class:`ModelMetrics` of its model
+(:meth:`Metrics.model`), which implements
+:class:`server.runtime.events.SchedulerHooks` and labels every series it feeds
+with ``model``, so several models served by one process stay apart.
 
 Counting rules, so the numbers add up for an operator:
 
@@ -14,10 +17,18 @@ Counting rules, so the numbers add up for an operator:
   ``requests_cancelled_total`` (the client left) or ``requests_failed_total``.
 - the latency and size histograms of whole requests observe successful
   sequences only, so abandoned requests do not drag the percentiles down.
+- HTTP requests and rejections carry no ``model`` label: many are refused
+  before a model is known (a malformed body, an unknown model name, a 401).
+  A scheduler's ``queue_full`` refusals join the same counter, so one series
+  per reason counts every refusal.
+- an unloaded model's gauges leave the exposition (:meth:`ModelMetrics.forget`);
+  its counters and histograms stay, since they are cumulative.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import (
@@ -56,7 +67,7 @@ REJECT_REASONS = ("queue_full", "context_overflow", "invalid")
 
 
 class SchedulerView(Protocol):
-    """What :meth:`Metrics.watch` reads from the scheduler; both are safe to read from any thread."""
+    """What :meth:`ModelMetrics.watch` reads at scrape time; both are safe to read from any thread."""
 
     @property
     def busy(self) -> int: ...
@@ -77,46 +88,54 @@ class Metrics:
             GCCollector(registry=self.registry)
         r = self.registry
         p = PREFIX
+        m = ["model"]
 
         self.time_to_first_token = Histogram(
             f"{p}_time_to_first_token_seconds",
             "Time from arrival to the first generated token, queueing and prompt processing included.",
+            m,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inter_token_latency = Histogram(
             f"{p}_inter_token_latency_seconds",
             "Time between consecutive generated tokens of one sequence (observed per token).",
+            m,
             buckets=INTER_TOKEN_BUCKETS,
             registry=r,
         )
         self.e2e_request_latency = Histogram(
             f"{p}_e2e_request_latency_seconds",
             "Time from arrival to the last token of a successful sequence.",
+            m,
             buckets=E2E_BUCKETS,
             registry=r,
         )
         self.request_queue_time = Histogram(
             f"{p}_request_queue_time_seconds",
             "Time a sequence waited for a free slot.",
+            m,
             buckets=QUEUE_BUCKETS,
             registry=r,
         )
         self.prompt_processing = Histogram(
             f"{p}_prompt_processing_seconds",
             "Time from taking a slot to the first token: prefill of the uncached prompt.",
+            m,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.request_prompt_tokens = Histogram(
             f"{p}_request_prompt_tokens",
             "Prompt length of successful sequences, in tokens.",
+            m,
             buckets=TOKEN_COUNT_BUCKETS,
             registry=r,
         )
         self.request_generation_tokens = Histogram(
             f"{p}_request_generation_tokens",
             "Generated length of successful sequences, in tokens.",
+            m,
             buckets=TOKEN_COUNT_BUCKETS,
             registry=r,
         )
@@ -130,27 +149,32 @@ class Metrics:
         self.request_success = Counter(
             f"{p}_request_success",
             "Sequences that finished normally, by finish reason.",
-            ["finish_reason"],
+            ["model", "finish_reason"],
             registry=r,
         )
         self.prompt_tokens = Counter(
-            f"{p}_prompt_tokens", "Prompt tokens of sequences that took a slot, cached ones included.", registry=r
+            f"{p}_prompt_tokens", "Prompt tokens of sequences that took a slot, cached ones included.", m, registry=r
         )
-        self.generation_tokens = Counter(f"{p}_generation_tokens", "Tokens generated.", registry=r)
+        self.generation_tokens = Counter(f"{p}_generation_tokens", "Tokens generated.", m, registry=r)
         self.prompt_cache_hit_tokens = Counter(
             f"{p}_prompt_cache_hit_tokens",
             "Prompt tokens reused from a slot's KV cache instead of recomputed.",
+            m,
             registry=r,
         )
         self.requests_cancelled = Counter(
-            f"{p}_requests_cancelled", "Sequences cancelled because the client disconnected.", registry=r
+            f"{p}_requests_cancelled", "Sequences cancelled because the client disconnected.", m, registry=r
         )
         self.requests_failed = Counter(
-            f"{p}_requests_failed", "Sequences ended by an error: an engine failure or the request timeout.", registry=r
+            f"{p}_requests_failed",
+            "Sequences ended by an error: an engine failure or the request timeout.",
+            m,
+            registry=r,
         )
         self.engine_step_errors = Counter(
             f"{p}_engine_step_errors",
             "Engine steps that failed; their requests failed and the llama.cpp context was recreated.",
+            m,
             registry=r,
         )
         self.requests_rejected = Counter(
@@ -162,50 +186,36 @@ class Metrics:
         for reason in REJECT_REASONS:
             # Present from the start at 0, so rate() and alerts see the first rejection.
             self.requests_rejected.labels(reason=reason)
-        # The scheduler ends sequences with stop or length; tool calls are found later, in the text.
-        for finish in (FinishReason.STOP, FinishReason.LENGTH):
-            self.request_success.labels(finish_reason=finish.value)
 
         self.requests_running = Gauge(
-            f"{p}_requests_running", "Sequences holding a slot (prefilling or generating).", registry=r
+            f"{p}_requests_running", "Sequences holding a slot (prefilling or generating).", m, registry=r
         )
-        self.requests_waiting = Gauge(f"{p}_requests_waiting", "Sequences waiting for a free slot.", registry=r)
+        self.requests_waiting = Gauge(f"{p}_requests_waiting", "Sequences waiting for a free slot.", m, registry=r)
         # Not "slots_total": Prometheus reserves the _total suffix for counters (promtool rejects it).
-        self.slots = Gauge(f"{p}_slots", "Sequence slots decoded together (--parallel).", registry=r)
-        self.slots_busy = Gauge(f"{p}_slots_busy", "Slots holding a running sequence.", registry=r)
+        self.slots = Gauge(f"{p}_slots", "Sequence slots decoded together (--parallel).", m, registry=r)
+        self.slots_busy = Gauge(f"{p}_slots_busy", "Slots holding a running sequence.", m, registry=r)
         self.kv_cache_usage_ratio = Gauge(
             f"{p}_kv_cache_usage_ratio",
             "KV cache cells in use (running sequences and kept prefixes) / all cells.",
+            m,
             registry=r,
         )
         self.model_info = Gauge(
             f"{p}_model_info",
-            "The served model (value 1).",
+            "A loaded model (value 1).",
             ["model", "quantization", "n_ctx", "n_parallel"],
             registry=r,
         )
-        self._kv_cells_total = 0
+        self._models: dict[str, ModelMetrics] = {}
+        self._models_lock = threading.Lock()
 
-    # ---- wiring -----------------------------------------------------------------------------
-
-    def set_model(self, info: ModelInfo) -> None:
-        """Record the loaded model; called once the engine exists."""
-        self.model_info.clear()
-        self.model_info.labels(
-            model=info.id, quantization=info.quantization, n_ctx=str(info.n_ctx_per_seq), n_parallel=str(info.n_slots)
-        ).set(1)
-        self.slots.set(info.n_slots)
-        self._kv_cells_total = info.n_ctx_per_seq * info.n_slots
-
-    def watch(self, scheduler: SchedulerView) -> None:
-        """Read the slot and queue gauges from the scheduler at scrape time.
-
-        The engine thread reports them after each pass (:meth:`step_done`), but a scrape that
-        lands between a request's end and that report would see it still running.
-        """
-        self.requests_running.set_function(lambda: scheduler.busy)
-        self.slots_busy.set_function(lambda: scheduler.busy)
-        self.requests_waiting.set_function(lambda: scheduler.waiting)
+    def model(self, model_id: str) -> ModelMetrics:
+        """The per-model view for ``model_id``: made on the first call, the same object after."""
+        with self._models_lock:
+            view = self._models.get(model_id)
+            if view is None:
+                view = self._models[model_id] = ModelMetrics(self, model_id)
+            return view
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition body and its content type: OpenMetrics if ``accept`` asks for it."""
@@ -221,14 +231,116 @@ class Metrics:
         """A request refused before generation; ``reason`` is one of :data:`REJECT_REASONS`."""
         self.requests_rejected.labels(reason=reason).inc()
 
+
+@dataclass
+class _Gauges:
+    """One loaded model's gauge series; dropped whole when the model is unloaded."""
+
+    running: Gauge
+    waiting: Gauge
+    slots: Gauge
+    slots_busy: Gauge
+    kv_cache_usage_ratio: Gauge
+
+
+class ModelMetrics:
+    """The series of one model, labelled ``model=<id>``; the :class:`SchedulerHooks` of its scheduler.
+
+    Counters and histograms are bound once and live as long as the app. The gauges exist
+    while the model is loaded: from :meth:`set_model` or :meth:`watch` until :meth:`forget`.
+    A scheduler still winding down after :meth:`forget` writes to detached series, which
+    no scrape sees, so an unloaded model cannot come back as a stale gauge.
+    """
+
+    def __init__(self, metrics: Metrics, model_id: str) -> None:
+        self.id = model_id
+        self._metrics = metrics
+        m = metrics
+        self.time_to_first_token = m.time_to_first_token.labels(model_id)
+        self.inter_token_latency = m.inter_token_latency.labels(model_id)
+        self.e2e_request_latency = m.e2e_request_latency.labels(model_id)
+        self.request_queue_time = m.request_queue_time.labels(model_id)
+        self.prompt_processing = m.prompt_processing.labels(model_id)
+        self.request_prompt_tokens = m.request_prompt_tokens.labels(model_id)
+        self.request_generation_tokens = m.request_generation_tokens.labels(model_id)
+        self.prompt_tokens = m.prompt_tokens.labels(model_id)
+        self.generation_tokens = m.generation_tokens.labels(model_id)
+        self.prompt_cache_hit_tokens = m.prompt_cache_hit_tokens.labels(model_id)
+        self.requests_cancelled = m.requests_cancelled.labels(model_id)
+        self.requests_failed = m.requests_failed.labels(model_id)
+        self.engine_step_errors = m.engine_step_errors.labels(model_id)
+        # The scheduler ends sequences with stop or length; tool calls are found later, in the text.
+        # Both present from the start at 0, so rate() and alerts see the first one.
+        for finish in (FinishReason.STOP, FinishReason.LENGTH):
+            m.request_success.labels(model_id, finish.value)
+        self._lock = threading.Lock()
+        self._gauges: _Gauges | None = None
+        self._info_labels: tuple[str, ...] | None = None
+        self._kv_cells_total = 0
+
+    # ---- wiring -----------------------------------------------------------------------------
+
+    def set_model(self, info: ModelInfo) -> None:
+        """Record the loaded model: its info series, pool size and KV cache size."""
+        labels = (self.id, info.quantization, str(info.n_ctx_per_seq), str(info.n_slots))
+        with self._lock:
+            gauges = self._live()
+            if self._info_labels is not None and self._info_labels != labels:
+                self._metrics.model_info.remove(*self._info_labels)
+            self._metrics.model_info.labels(*labels).set(1)
+            self._info_labels = labels
+            gauges.slots.set(info.n_slots)
+            self._kv_cells_total = info.n_ctx_per_seq * info.n_slots
+
+    def watch(self, scheduler: SchedulerView) -> None:
+        """Read the slot and queue gauges from ``scheduler`` at scrape time.
+
+        The engine thread reports them after each pass (:meth:`step_done`), but a scrape that
+        lands between a request's end and that report would see it still running.
+        """
+        with self._lock:
+            gauges = self._live()
+            gauges.running.set_function(lambda: scheduler.busy)
+            gauges.slots_busy.set_function(lambda: scheduler.busy)
+            gauges.waiting.set_function(lambda: scheduler.waiting)
+
+    def forget(self) -> None:
+        """The model was unloaded: drop its gauges and info series; counters and histograms stay."""
+        with self._lock:
+            if self._gauges is None:
+                return
+            self._gauges = None
+            m = self._metrics
+            for gauge in (m.requests_running, m.requests_waiting, m.slots, m.slots_busy, m.kv_cache_usage_ratio):
+                gauge.remove(self.id)
+            if self._info_labels is not None:
+                m.model_info.remove(*self._info_labels)
+                self._info_labels = None
+            self._kv_cells_total = 0
+
+    def _live(self) -> _Gauges:
+        """This model's gauge series, made (at 0) if the model had none; call with the lock held."""
+        if self._gauges is None:
+            m = self._metrics
+            self._gauges = _Gauges(
+                running=m.requests_running.labels(self.id),
+                waiting=m.requests_waiting.labels(self.id),
+                slots=m.slots.labels(self.id),
+                slots_busy=m.slots_busy.labels(self.id),
+                kv_cache_usage_ratio=m.kv_cache_usage_ratio.labels(self.id),
+            )
+        return self._gauges
+
     # ---- SchedulerHooks ---------------------------------------------------------------------
 
     def request_queued(self) -> None:
         # step_done sets the exact value at the next engine pass; this makes the rise visible now.
-        self.requests_waiting.inc()
+        gauges = self._gauges
+        if gauges is not None:
+            gauges.waiting.inc()
 
     def request_rejected(self, reason: str) -> None:
-        self.record_rejected(reason)
+        self._metrics.record_rejected(reason)
 
     def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.request_queue_time.observe(queue_seconds)
@@ -247,7 +359,7 @@ class Metrics:
     ) -> None:
         self.generation_tokens.inc(completion_tokens)
         if reason in SUCCESS_REASONS:
-            self.request_success.labels(finish_reason=reason.value).inc()
+            self._metrics.request_success.labels(self.id, reason.value).inc()
             self.e2e_request_latency.observe(e2e_seconds)
             self.request_prompt_tokens.observe(prompt_tokens)
             self.request_generation_tokens.observe(completion_tokens)
@@ -259,8 +371,12 @@ class Metrics:
     def step_done(self, slots_busy: int, waiting: int, kv_cells: int, step_error: bool) -> None:
         if step_error:
             self.engine_step_errors.inc()
-        self.requests_running.set(slots_busy)
-        self.slots_busy.set(slots_busy)
-        self.requests_waiting.set(waiting)
-        if self._kv_cells_total:
-            self.kv_cache_usage_ratio.set(min(1.0, kv_cells / self._kv_cells_total))
+        # Read once: a concurrent forget() leaves these detached, so writing them is harmless.
+        gauges, cells_total = self._gauges, self._kv_cells_total
+        if gauges is None:
+            return
+        gauges.running.set(slots_busy)
+        gauges.slots_busy.set(slots_busy)
+        gauges.waiting.set(waiting)
+        if cells_total:
+            gauges.kv_cache_usage_ratio.set(min(1.0, kv_cells / cells_total))

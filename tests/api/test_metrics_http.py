@@ -47,7 +47,7 @@ def test_requests_are_counted_by_route_template_and_status(client: TestClient) -
     assert sample(client, "llamaserve_requests_total", endpoint=CHAT, status="200") == 2
     # The template, not the raw path: one series however many model names are asked for.
     assert sample(client, "llamaserve_requests_total", endpoint="/v1/models/{model_id}", status="404") == 1
-    assert sample(client, "llamaserve_request_success_total", finish_reason="stop") == 2
+    assert sample(client, "llamaserve_request_success_total", model="fake-model", finish_reason="stop") == 2
 
 
 def test_bad_requests_count_as_rejected_by_reason(client: TestClient) -> None:
@@ -148,7 +148,7 @@ def test_metrics_behind_api_keys_take_a_bearer_token_as_prometheus_sends_it() ->
         assert denied.status_code == 401
         assert denied.headers["x-request-id"] == "noauth-1"
         ok = c.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
-        assert ok.status_code == 200 and "llamaserve_slots " in ok.text
+        assert ok.status_code == 200 and 'llamaserve_slots{model="fake-model"} ' in ok.text
         # The key check runs before routing, so the refusal has no route template.
         assert sample(c, "llamaserve_requests_total", endpoint="unrouted", status="401") == 1
         assert sample(c, "llamaserve_requests_total", endpoint="/metrics", status="200") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,33 @@ alias = "beta"
 ctx_size = 256
 parallel = 1
 """
+
+
+GAUGES = (
+    "llamaserve_requests_running",
+    "llamaserve_requests_waiting",
+    "llamaserve_slots",
+    "llamaserve_slots_busy",
+    "llamaserve_kv_cache_usage_ratio",
+)
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics as Prometheus reads it: (name, labels in any order) -> value."""
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    samples = {}
+    for line in r.text.splitlines():
+        if match := SAMPLE.match(line):
+            name, labels, number = match.groups()
+            samples[(name, frozenset(LABEL.findall(labels or "")))] = float(number)
+    return samples
+
+
+def series(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset(labels.items())
 
 
 def fake_factory(loaded: list[str]) -> object:
@@ -121,3 +149,61 @@ def test_max_loaded_models_loads_on_first_request(tmp_path: Path) -> None:
         assert app.state.llamaserve.registry.loaded_ids() == ["beta"]
         health = c.get("/health").json()
         assert health["models"] == ["alpha", "beta"] and health["models_loaded"] == ["beta"]
+
+
+def test_metrics_tell_the_models_apart(client: TestClient) -> None:
+    for name in ("alpha", "beta", "beta"):
+        r = client.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+    got = scrape(client)
+    success = "llamaserve_request_success_total"
+    assert got[series(success, finish_reason="stop", model="alpha")] == 1
+    assert got[series(success, finish_reason="stop", model="beta")] == 2
+    assert got[series(success, finish_reason="length", model="beta")] == 0
+    # Each model's own pool and settings, side by side.
+    assert got[series("llamaserve_slots", model="alpha")] == 2
+    assert got[series("llamaserve_slots", model="beta")] == 1
+    info = "llamaserve_model_info"
+    assert got[series(info, model="alpha", quantization="none", n_ctx="512", n_parallel="2")] == 1
+    assert got[series(info, model="beta", quantization="none", n_ctx="256", n_parallel="1")] == 1
+    for name in ("alpha", "beta"):
+        for gauge in ("llamaserve_requests_running", "llamaserve_requests_waiting", "llamaserve_slots_busy"):
+            assert got[series(gauge, model=name)] == 0
+    assert got[series("llamaserve_time_to_first_token_seconds_count", model="beta")] == 2
+    # The reply's length in tokens (one byte, one token with the fake engine) per request.
+    assert got[series("llamaserve_generation_tokens_total", model="alpha")] == len("I am alpha.")
+    assert got[series("llamaserve_generation_tokens_total", model="beta")] == 2 * len("I am beta.")
+    # HTTP-level series know no model: a refusal may come before the model is known.
+    assert got[series("llamaserve_requests_total", endpoint="/v1/chat/completions", status="200")] == 3
+    assert got[series("llamaserve_requests_rejected_total", reason="queue_full")] == 0
+
+
+def test_an_unloaded_models_gauges_leave_metrics_and_its_counters_stay(tmp_path: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text("max_loaded_models = 1\n" + CONFIG)
+    app = create_app(load(config_file=config), engine_factory=fake_factory([]))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        for _ in range(500):
+            if c.get("/health").status_code == 200:
+                break
+        before = scrape(c)
+        assert before[series("llamaserve_slots", model="alpha")] == 2
+        assert series("llamaserve_slots", model="beta") not in before  # not loaded yet
+        # Its counters are there from the start at 0, so rate() sees its first request.
+        assert before[series("llamaserve_request_success_total", finish_reason="stop", model="beta")] == 0
+        r = c.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+        # Loading beta unloads alpha (one model at a time).
+        r = c.post("/v1/chat/completions", json={"model": "beta", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+        assert app.state.llamaserve.registry.loaded_ids() == ["beta"]
+        after = scrape(c)
+    for gauge in GAUGES:
+        assert series(gauge, model="alpha") not in after, gauge
+        assert series(gauge, model="beta") in after, gauge
+    assert not [key for key in after if key[0] == "llamaserve_model_info" and ("model", "alpha") in key[1]]
+    assert after[series("llamaserve_model_info", model="beta", quantization="none", n_ctx="256", n_parallel="1")] == 1
+    # What alpha did stays counted: counters and histograms are cumulative.
+    assert after[series("llamaserve_request_success_total", finish_reason="stop", model="alpha")] == 1
+    assert after[series("llamaserve_time_to_first_token_seconds_count", model="alpha")] == 1
+    assert after[series("llamaserve_request_success_total", finish_reason="stop", model="beta")] == 1

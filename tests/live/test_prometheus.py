@@ -171,6 +171,9 @@ def test_prometheus_sees_what_the_server_did(tmp_path: Path) -> None:
         assert scalar(prom, f'llamaserve_requests_total{{endpoint="{CHAT}",status="429"}}') == 1
         assert scalar(prom, f'llamaserve_requests_total{{endpoint="{CHAT}",status="400"}}') == 2
         assert scalar(prom, 'llamaserve_request_success_total{finish_reason="stop"}') == 5
+        # Per-model series carry the model; HTTP-level ones do not (one series per status, whatever the model).
+        assert scalar(prom, 'llamaserve_request_success_total{finish_reason="stop",model="fake-model"}') == 5
+        assert scalar(prom, f'llamaserve_requests_total{{endpoint="{CHAT}",status="200",model=""}}') == 6
         for reason in ("queue_full", "context_overflow", "invalid"):
             assert scalar(prom, f'llamaserve_requests_rejected_total{{reason="{reason}"}}') == 1, reason
         # Every sequence that got a token has a TTFT, the cancelled one too; sizes only for successes.
@@ -187,12 +190,19 @@ def test_prometheus_sees_what_the_server_did(tmp_path: Path) -> None:
         assert cached is not None and cached >= 4 * (hi_tokens - 1)
 
         # Distributions through PromQL, as a dashboard would read them. 11 tokens lie in the (8, 16] bucket.
-        p50_tokens = scalar(prom, "histogram_quantile(0.5, rate(llamaserve_request_generation_tokens_bucket[1m]))")
-        assert p50_tokens is not None and 8 < p50_tokens <= 16
-        p50_ttft = scalar(prom, "histogram_quantile(0.5, rate(llamaserve_time_to_first_token_seconds_bucket[1m]))")
-        assert p50_ttft is not None and math.isfinite(p50_ttft) and p50_ttft > 0
-        p95_itl = scalar(prom, "histogram_quantile(0.95, rate(llamaserve_inter_token_latency_seconds_bucket[1m]))")
-        assert p95_itl is not None and math.isfinite(p95_itl) and p95_itl > 0
+        # Per model, as the README's example queries aggregate: one series, named by its model.
+        def quantile(q: float, histogram: str) -> float:
+            expr = f"histogram_quantile({q}, sum by (model, le) (rate({histogram}_bucket[1m])))"
+            (result,) = query(prom, expr)
+            assert result["metric"] == {"model": "fake-model"}, result
+            return float(result["value"][1])
+
+        p50_tokens = quantile(0.5, "llamaserve_request_generation_tokens")
+        assert 8 < p50_tokens <= 16
+        p50_ttft = quantile(0.5, "llamaserve_time_to_first_token_seconds")
+        assert math.isfinite(p50_ttft) and p50_ttft > 0
+        p95_itl = quantile(0.95, "llamaserve_inter_token_latency_seconds")
+        assert math.isfinite(p95_itl) and p95_itl > 0
 
         # Gauges back at rest; the pool and model are described; process metrics come along.
         assert scalar(prom, "llamaserve_slots_busy") == 0
