@@ -23,6 +23,7 @@ from typing import Any
 import llama_cpp
 
 from server.engine.base import EngineError
+from server.engine.llama.context_params import embedding_params
 from server.engine.llama.vocab import Vocab
 
 
@@ -35,7 +36,7 @@ class LlamaEmbedder:
         # The model pointer is used here and not kept: the engine owns it, and an
         # embedder that held it could outlive it.
         n_ctx = min(n_ctx, int(llama_cpp.llama_model_n_ctx_train(model)))
-        self._ctx: Any = llama_cpp.llama_init_from_model(model, _embedding_params(n_ctx, n_threads))
+        self._ctx: Any = llama_cpp.llama_init_from_model(model, embedding_params(n_ctx, n_threads))
         if not self._ctx:
             raise EngineError("llama.cpp could not create the embeddings context")
         self._batch: Any = llama_cpp.llama_batch_init(n_ctx, 0, 1)
@@ -82,18 +83,3 @@ class LlamaEmbedder:
             if self._ctx:
                 llama_cpp.llama_free(self._ctx)
                 self._ctx = None
-
-
-def _embedding_params(n_ctx: int, n_threads: int) -> Any:
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = n_ctx
-    # Pooling needs the whole input in one micro-batch.
-    cparams.n_batch = n_ctx
-    cparams.n_ubatch = n_ctx
-    cparams.n_seq_max = 1
-    cparams.n_threads = n_threads
-    cparams.n_threads_batch = n_threads
-    cparams.embeddings = True
-    cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-    cparams.no_perf = True
-    return cparams

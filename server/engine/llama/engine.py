@@ -30,6 +30,7 @@ scheduler's engine thread). It is not bound to the thread that built it.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,27 +49,13 @@ from server.engine.base import (
     TokenOutOfRangeError,
 )
 from server.engine.llama.batch import Plan, TokenBatch, plan_step
+from server.engine.llama.context_params import generation_params
 from server.engine.llama.cpp_log import route_c_log
 from server.engine.llama.embeddings import LlamaEmbedder
 from server.engine.llama.model_info import read_model_info
 from server.engine.llama.sampling import make_sampler, with_logprobs
 from server.engine.llama.slots import Slot, common_prefix
 from server.engine.llama.vocab import Vocab
-
-
-def _context_params(*, n_ctx: int, n_batch: int, n_slots: int, n_threads: int, kv_unified: bool) -> Any:
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = n_ctx
-    cparams.n_batch = n_batch
-    cparams.n_ubatch = n_batch
-    cparams.n_seq_max = n_slots
-    cparams.n_threads = n_threads
-    cparams.n_threads_batch = n_threads
-    cparams.no_perf = True
-    # Unified: all sequences draw cells from one pool, so an idle slot's cached
-    # prefix costs nothing until needed and slots can share prefix cells.
-    cparams.kv_unified = kv_unified
-    return cparams
 
 
 class LlamaEngine:
@@ -97,6 +84,8 @@ class LlamaEngine:
         self._ctx: Any = None
         self._batch: TokenBatch | None = None
         self._embedders: list[LlamaEmbedder] = []
+        # make_embedder runs in a worker thread: close must not free the model under it.
+        self._embedders_lock = threading.Lock()
         route_c_log()
 
         llama_cpp.llama_backend_init()
@@ -142,7 +131,7 @@ class LlamaEngine:
         # Every generating slot needs a place in each batch.
         n_batch = max(n_batch, n_slots)
         self._threads = n_threads or os.cpu_count() or 1
-        self._cparams = _context_params(
+        self._cparams = generation_params(
             n_ctx=n_ctx_per_seq * n_slots,
             n_batch=n_batch,
             n_slots=n_slots,
@@ -323,16 +312,18 @@ class LlamaEngine:
 
         Called from a worker thread while the engine thread steps: it only reads the model.
         """
-        if self._closed:
-            raise EngineError("the engine is closed")
-        embedder = LlamaEmbedder(self._model, self._vocab, n_ctx=n_ctx, n_threads=self._threads)
-        self._embedders.append(embedder)
-        return embedder
+        with self._embedders_lock:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            embedder = LlamaEmbedder(self._model, self._vocab, n_ctx=n_ctx, n_threads=self._threads)
+            self._embedders.append(embedder)
+            return embedder
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._embedders_lock:
+            if self._closed:
+                return
+            self._closed = True
         for s in getattr(self, "_slots", []):
             if s.sampler is not None:
                 llama_cpp.llama_sampler_free(s.sampler)
@@ -341,7 +332,7 @@ class LlamaEngine:
         if self._batch is not None:
             self._batch.free()
             self._batch = None
-        # Every context goes before the model they were made from.
+        # Every context goes before the model they were made from (no embedder is made now: closed).
         for embedder in self._embedders:
             embedder.close()
         self._embedders = []
