@@ -11,6 +11,7 @@ scheduler passes them on untouched)::
 
     EngineError                  a failure inside the engine
     ├── DecodeError              a step's decode failed; the engine stays usable
+    ├── EmbeddingsUnavailableError  make_embedder(): this engine cannot embed
     └── SequenceRefusedError     begin() refused this sequence; nothing changed
         ├── InvalidGrammarError  the GBNF grammar does not parse
         ├── PromptTooLongError   more prompt tokens than a slot holds
@@ -25,6 +26,9 @@ Life of a sequence::
         for out in engine.step():                          # one batched decode
             ...                                            # out.slot, out.token
     engine.release(slot)                                   # free its KV cells
+
+Embeddings come from an :class:`Embedder` the engine makes on its own loaded model
+(``engine.make_embedder(n_ctx)``): a context of its own, so it never takes a slot.
 """
 
 from __future__ import annotations
@@ -119,6 +123,10 @@ class SequenceRefusedError(EngineError):
     """:meth:`Engine.begin` refused this sequence: the request is at fault, the slot is untouched."""
 
 
+class EmbeddingsUnavailableError(EngineError):
+    """:meth:`Engine.make_embedder`: this engine cannot make embeddings (a fake without an embedder)."""
+
+
 class InvalidGrammarError(SequenceRefusedError):
     """The GBNF grammar does not parse (llama.cpp logs why at debug level)."""
 
@@ -143,6 +151,29 @@ class SlotBusyError(SequenceRefusedError):
     def __init__(self, slot: int) -> None:
         super().__init__(f"slot {slot} is busy")
         self.slot = slot
+
+
+class Embedder(Protocol):
+    """Mean-pooled, L2-normalised embeddings of one input at a time, on the engine's model.
+
+    Unlike the engine, an embedder may be called from any thread: it serialises its own calls.
+    """
+
+    @property
+    def n_embd(self) -> int: ...
+
+    @property
+    def n_ctx(self) -> int:
+        """The most tokens one input may have."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def embed(self, tokens: Sequence[int]) -> list[float]: ...
+
+    def close(self) -> None:
+        """Free what the embedder holds; idempotent (its engine closes it again on close)."""
+        ...
 
 
 class Engine(Protocol):
@@ -197,6 +228,16 @@ class Engine(Protocol):
 
         The scheduler calls it after a failed step, once it has failed that step's requests, so that
         a context the failure left unusable serves again.
+        """
+        ...
+
+    def make_embedder(self, n_ctx: int) -> Embedder:
+        """A new embedder on this engine's loaded model, holding inputs of up to ``n_ctx`` tokens.
+
+        Raises :class:`EmbeddingsUnavailableError` when the engine cannot embed. Unlike the other
+        methods it may be called from any thread (the service makes the embedder in a worker
+        thread): it reads the model and touches no slot. The engine closes the embedders it made
+        when it closes.
         """
         ...
 

@@ -4,15 +4,22 @@ Tokens are bytes: token ``b`` (0..255) is the byte ``b``; 256 is BOS and 257 is
 EOS. Every sequence replies with ``reply(prompt_text)`` byte by byte and then
 EOS. ``step_delay`` makes each step take wall time, so live tests can cancel
 mid-stream; ``fail_next_step`` makes the next step raise like a failed decode.
+
+It keeps the llama.cpp engine's contract (``tests/model/test_engine_contract.py`` runs
+one set of tests on both): the same refusals, a sampled token holds a cell only once
+the next step feeds it back, and a full slot is no longer scheduled.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from server.engine.base import (
+    Embedder,
+    EmbeddingsUnavailableError,
     EmptyPromptError,
     EngineError,
     InvalidGrammarError,
@@ -33,6 +40,25 @@ _CHATML = (
 )
 
 
+# What GBNF text is made of, for the fake's rough parse: literals, character classes, comments.
+_GBNF_NOISE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
+_GBNF_RULE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*)\s*::=", re.MULTILINE)
+_GBNF_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _gbnf_parses(grammar: str) -> bool:
+    """A rough GBNF check: a root rule, balanced groups, no reference to an undefined rule."""
+    text = _GBNF_NOISE.sub(" ", grammar)
+    defined = set(_GBNF_RULE.findall(text))
+    bodies = _GBNF_RULE.sub(" ", text)
+    depth = 0
+    for ch in bodies:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0 and "root" in defined and set(_GBNF_NAME.findall(bodies)) <= defined
+
+
 def _default_reply(prompt: str) -> str:
     return "The quick brown fox jumps over the lazy dog."
 
@@ -43,6 +69,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet prefilled
     script: bytes = b""
     produced: int = 0
+    next_token: int | None = None  # sampled, not yet fed back: it holds no cell yet
     active: bool = False
     top_logprobs: int | None = None
 
@@ -58,8 +85,10 @@ class FakeEngine:
         step_delay: float = 0.0,
         model_id: str = "fake-model",
         chat_template: str | None = _CHATML,
+        embedder: Embedder | None = None,
     ) -> None:
         self._reply = reply
+        self._embedder = embedder
         self._slots = [_Slot() for _ in range(n_slots)]
         self._step_delay = step_delay
         self.fail_next_step = False
@@ -100,7 +129,7 @@ class FakeEngine:
             if a != b:
                 break
             n += 1
-        return min(n, len(prompt) - 1)
+        return max(0, min(n, len(prompt) - 1))
 
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
         # The same refusals, in the same order, as the llama.cpp engine: the slot stays untouched.
@@ -115,7 +144,7 @@ class FakeEngine:
             raise TokenOutOfRangeError("the prompt holds a token outside the vocabulary")
         if any(not 0 <= t < self._info.n_vocab for t in params.logit_bias):
             raise TokenOutOfRangeError("logit_bias names a token outside the vocabulary")
-        if params.grammar is not None and params.grammar.strip() and "::=" not in params.grammar:
+        if params.grammar is not None and params.grammar.strip() and not _gbnf_parses(params.grammar):
             raise InvalidGrammarError("the grammar does not parse as GBNF with a 'root' rule")
         reused = self.cached_prefix_len(slot, prompt)
         s.cache = list(prompt[:reused])
@@ -123,6 +152,7 @@ class FakeEngine:
         text = bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace")
         s.script = self._reply(text).encode("utf-8")
         s.produced = 0
+        s.next_token = None
         s.active = True
         s.top_logprobs = params.top_logprobs
         return reused
@@ -132,7 +162,8 @@ class FakeEngine:
         return sum(s.active for s in self._slots)
 
     def slot_is_full(self, slot: int) -> bool:
-        return len(self._slots[slot].cache) >= self._info.n_ctx_per_seq
+        s = self._slots[slot]
+        return s.active and len(s.cache) >= self._info.n_ctx_per_seq
 
     def step(self) -> list[StepOutput]:
         self.steps += 1
@@ -145,8 +176,14 @@ class FakeEngine:
             raise EngineError("simulated decode failure")
         budget = self._info.n_batch
         out: list[StepOutput] = []
-        decoding = [i for i, s in enumerate(self._slots) if s.active and not s.pending]
-        budget -= len(decoding)
+        n_ctx = self._info.n_ctx_per_seq
+        # A generating slot feeds its last token back (now it holds a cell), unless it is full.
+        sampling: list[int] = []
+        for i, s in enumerate(self._slots):
+            if s.next_token is not None and len(s.cache) < n_ctx:
+                s.cache.append(s.next_token)
+                sampling.append(i)
+        budget -= len(sampling)
         for i, s in enumerate(self._slots):
             if s.active and s.pending and budget > 0:
                 chunk, s.pending = s.pending[:budget], s.pending[budget:]
@@ -154,12 +191,12 @@ class FakeEngine:
                 s.cache.extend(chunk)
                 self.prefilled_tokens += len(chunk)
                 if not s.pending:
-                    decoding.append(i)
-        for i in decoding:
+                    sampling.append(i)
+        for i in sampling:
             s = self._slots[i]
             token = s.script[s.produced] if s.produced < len(s.script) else EOS
             s.produced += 1
-            s.cache.append(token)
+            s.next_token = token
             lp = [TokenLogprob(token, -0.25), TokenLogprob((token + 1) % 256, -1.5)]
             top = tuple(lp[: s.top_logprobs]) if s.top_logprobs else ()
             out.append(StepOutput(i, token, -0.25 if s.top_logprobs is not None else None, top))
@@ -172,6 +209,7 @@ class FakeEngine:
         s = self._slots[slot]
         s.active = False
         s.pending = []
+        s.next_token = None
         if not keep_cache:
             s.cache = []
 
@@ -181,9 +219,18 @@ class FakeEngine:
         for s in self._slots:
             s.active = False
             s.pending = []
+            s.next_token = None
             s.cache = []
 
+    def make_embedder(self, n_ctx: int) -> Embedder:
+        """The embedder given to the constructor (the same one each time), whatever ``n_ctx``."""
+        if self._embedder is None:
+            raise EmbeddingsUnavailableError("this fake engine was given no embedder")
+        return self._embedder
+
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
         for s in self._slots:
             s.active = False
             s.cache = []

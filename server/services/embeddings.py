@@ -1,21 +1,19 @@
 """``/v1/embeddings``: input (text or token ids) -> mean-pooled vectors, float or base64.
 
-The embedder (a separate llama.cpp context on the served model file, see
-:mod:`server.engine.llama.embeddings`) is loaded on the first embeddings request,
-so a server that never embeds never pays for a second context. Embedding runs in a
-worker thread; the embedder serialises its own calls.
+The engine makes the embedder (for llama.cpp a second context on the model it has
+loaded, see :mod:`server.engine.llama.embeddings`) on the first embeddings request,
+so a server that never embeds never pays for a second context. Making it and
+embedding run in a worker thread; the embedder serialises its own calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import struct
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from server.engine.base import Engine
+from server.engine.base import Embedder, EmbeddingsUnavailableError, Engine
 from server.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -28,23 +26,11 @@ from server.protocol import Embedding, EmbeddingList, EmbeddingRequest, Embeddin
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDINGS_CTX = 2048
 
-
-class Embedder(Protocol):
-    n_embd: int
-    n_ctx: int
-
-    def tokenize(self, text: str) -> list[int]: ...
-
-    def embed(self, tokens: Sequence[int]) -> list[float]: ...
-
-    def close(self) -> None: ...
-
-
 EmbedderFactory = Callable[[], Embedder]
 
 
 class EmbeddingsService:
-    def __init__(self, factory: EmbedderFactory | None, *, model_id: str, n_vocab: int) -> None:
+    def __init__(self, factory: EmbedderFactory, *, model_id: str, n_vocab: int) -> None:
         self._factory = factory
         self.model_id = model_id
         self._n_vocab = n_vocab
@@ -53,33 +39,20 @@ class EmbeddingsService:
 
     @classmethod
     def for_engine(cls, engine: Engine, *, model_id: str) -> EmbeddingsService:
-        """Embeddings over the engine's model file; none when the engine has no file (a fake)."""
+        """Embeddings from the engine's own model, through an embedder it makes on first use."""
         info = engine.info
-        factory: EmbedderFactory | None = None
-        if os.path.isfile(info.path):
-
-            def factory() -> Embedder:
-                from server.engine.llama.embeddings import LlamaEmbedder
-
-                return LlamaEmbedder(info.path, n_ctx=min(EMBEDDINGS_CTX, max(info.n_ctx_per_seq, 512)))
-
-        return cls(factory, model_id=model_id, n_vocab=info.n_vocab)
-
-    @classmethod
-    def with_embedder(cls, embedder: Embedder, *, model_id: str, n_vocab: int) -> EmbeddingsService:
-        service = cls(None, model_id=model_id, n_vocab=n_vocab)
-        service._embedder = embedder
-        return service
+        n_ctx = min(EMBEDDINGS_CTX, max(info.n_ctx_per_seq, 512))
+        return cls(lambda: engine.make_embedder(n_ctx), model_id=model_id, n_vocab=info.n_vocab)
 
     async def embedder(self) -> Embedder:
         async with self._loading:
             if self._embedder is None:
-                if self._factory is None:
-                    raise InvalidRequestError(
-                        "This server's model cannot produce embeddings.", param="model", code="embeddings_unavailable"
-                    )
                 try:
                     self._embedder = await asyncio.to_thread(self._factory)
+                except EmbeddingsUnavailableError as exc:
+                    raise InvalidRequestError(
+                        "This server's model cannot produce embeddings.", param="model", code="embeddings_unavailable"
+                    ) from exc
                 except Exception as exc:
                     raise ServiceUnavailableError(f"The embeddings model could not be loaded: {exc}") from exc
             return self._embedder

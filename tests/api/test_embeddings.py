@@ -14,8 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from server.api.app import create_app
+from server.engine.base import Embedder
 from server.engine.fake import FakeEngine
-from server.services.embeddings import EmbeddingsService
+from server.settings import Settings
 
 DIM = 8
 
@@ -48,11 +50,14 @@ class HashEmbedder:
 
 
 @pytest.fixture
-def embedder(client: TestClient, engine: FakeEngine) -> HashEmbedder:
-    e = HashEmbedder()
-    service = client.app.state.llamaserve.registry.loaded()  # type: ignore[attr-defined]
-    service.embeddings = EmbeddingsService.with_embedder(e, model_id="fake-model", n_vocab=engine.info.n_vocab)
-    return e
+def embedder() -> HashEmbedder:
+    return HashEmbedder()
+
+
+@pytest.fixture
+def engine(embedder: HashEmbedder) -> FakeEngine:
+    """The conftest's engine, made with the embedder: the app gets it through ``make_embedder``."""
+    return FakeEngine(reply=lambda prompt: "Paris is the capital of France.", n_slots=2, embedder=embedder)
 
 
 def test_float_and_base64_agree(client: TestClient, embedder: HashEmbedder, spec_checks: list[str]) -> None:
@@ -106,7 +111,24 @@ def test_unknown_model_is_404(sdk: OpenAI, embedder: HashEmbedder) -> None:
         sdk.embeddings.create(model="text-embedding-3-small", input="cat")
 
 
-def test_a_model_without_a_file_cannot_embed(sdk: OpenAI) -> None:
+@pytest.mark.parametrize("engine", [FakeEngine()], ids=["without-embedder"])
+def test_an_engine_that_cannot_embed_refuses_with_400(sdk: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.embeddings.create(model="fake-model", input="cat")
     assert err.value.code == "embeddings_unavailable"
+
+
+def test_the_embedder_is_made_once_and_closed_with_the_app(engine: FakeEngine, embedder: HashEmbedder) -> None:
+    made: list[int] = []
+    make = engine.make_embedder
+
+    def counting(n_ctx: int) -> Embedder:
+        made.append(n_ctx)
+        return make(n_ctx)
+
+    engine.make_embedder = counting  # type: ignore[method-assign]
+    with TestClient(create_app(Settings(), engine=engine)) as client:
+        for _ in range(3):
+            assert client.post("/v1/embeddings", json={"input": "cat"}).status_code == 200
+        assert len(made) == 1 and not embedder.closed
+    assert embedder.closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import llama_cpp
@@ -254,3 +255,10 @@ def test_a_failed_decode_raises_and_the_engine_goes_on(engine: LlamaEngine, monk
     while len(tokens) < 8:
         tokens += [o.token for o in engine.step()]
     assert tokens == expected
+
+
+def test_llama_cpp_log_goes_to_its_named_logger_at_debug(smollm2_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="server.engine.llama.cpp")
+    LlamaEngine(smollm2_path, model_id="smollm2", n_slots=1, n_ctx_per_seq=64, n_batch=32).close()
+    from_cpp = [r for r in caplog.records if r.name == "server.engine.llama.cpp"]
+    assert from_cpp and {r.levelno for r in from_cpp} == {logging.DEBUG}

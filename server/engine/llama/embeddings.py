@@ -1,9 +1,11 @@
-"""Embeddings from the served GGUF: a second llama.cpp context with embeddings on and mean pooling.
+"""Embeddings from the served model: a second llama.cpp context with embeddings on and mean pooling.
 
-It is separate from the generation engine's context on purpose: an embeddings
+The context is made from the engine's already loaded ``llama_model`` (see
+:meth:`LlamaEngine.make_embedder <server.engine.llama.engine.LlamaEngine.make_embedder>`),
+so the weights are in memory once and the GPU layers and thread count are the
+engine's. It is separate from the generation context on purpose: an embeddings
 context computes no logits and pools over the whole input, and keeping it apart
-means an embeddings request never takes a generation slot. The model file is
-loaded again (llama.cpp maps it, so the weights' pages are shared by the OS).
+means an embeddings request never takes a generation slot.
 
 Calls are serialised by a lock; each input is decoded alone in sequence 0 and the
 context's memory is cleared before the next, so inputs never see each other.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,57 +23,28 @@ from typing import Any
 import llama_cpp
 
 from server.engine.base import EngineError
+from server.engine.llama.context_params import embedding_params
+from server.engine.llama.vocab import Vocab
 
 
 class LlamaEmbedder:
-    def __init__(
-        self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0
-    ) -> None:
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(model_path)
+    """An :class:`~server.engine.base.Embedder` on a model it borrows: the model's owner frees it."""
+
+    def __init__(self, model: Any, vocab: Vocab, *, n_ctx: int, n_threads: int) -> None:
         self._lock = threading.Lock()
-        self._model: Any = None
-        self._ctx: Any = None
-        self._batch: Any = None
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), mparams)
-        if not self._model:
-            raise EngineError(f"llama.cpp could not load the model {model_path!r} for embeddings")
-        try:
-            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-            n_ctx = min(n_ctx, int(llama_cpp.llama_model_n_ctx_train(self._model)))
-            threads = n_threads or os.cpu_count() or 1
-            cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = n_ctx
-            # Pooling needs the whole input in one micro-batch.
-            cparams.n_batch = n_ctx
-            cparams.n_ubatch = n_ctx
-            cparams.n_seq_max = 1
-            cparams.n_threads = threads
-            cparams.n_threads_batch = threads
-            cparams.embeddings = True
-            cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            cparams.no_perf = True
-            self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-            if not self._ctx:
-                raise EngineError("llama.cpp could not create the embeddings context")
-            self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
-        except BaseException:
-            self.close()
-            raise
+        self._vocab = vocab
+        # The model pointer is used here and not kept: the engine owns it, and an
+        # embedder that held it could outlive it.
+        n_ctx = min(n_ctx, int(llama_cpp.llama_model_n_ctx_train(model)))
+        self._ctx: Any = llama_cpp.llama_init_from_model(model, embedding_params(n_ctx, n_threads))
+        if not self._ctx:
+            raise EngineError("llama.cpp could not create the embeddings context")
+        self._batch: Any = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         self.n_ctx = n_ctx
-        self.n_embd = int(llama_cpp.llama_model_n_embd(self._model))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(model))
 
     def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
-        if n < 0:
-            raise ValueError("text is too long to tokenize")
-        return list(buf[:n])
+        return self._vocab.tokenize(text, add_special=True, parse_special=False)
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         """The mean-pooled, L2-normalised embedding of one input (blocking)."""
@@ -103,6 +75,7 @@ class LlamaEmbedder:
         return [v / norm for v in vec]
 
     def close(self) -> None:
+        """Free the context (idempotent); the model stays, it is not the embedder's."""
         with self._lock:
             if self._batch is not None:
                 llama_cpp.llama_batch_free(self._batch)
@@ -110,6 +83,3 @@ class LlamaEmbedder:
             if self._ctx:
                 llama_cpp.llama_free(self._ctx)
                 self._ctx = None
-            if self._model:
-                llama_cpp.llama_model_free(self._model)
-                self._model = None

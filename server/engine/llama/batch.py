@@ -1,0 +1,98 @@
+"""What goes into one decode: the engine's one ``llama_batch`` and the plan that fills it.
+
+Generating slots come first, one token each, then chunks of pending prompts, oldest
+first, in what room is left (chunked prefill), so a long new prompt never stalls a
+running stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from server.engine.llama.slots import Slot
+
+
+class TokenBatch:
+    """A ``llama_batch`` of up to ``capacity`` tokens, each in exactly one sequence.
+
+    ``token``, ``pos`` and ``logits`` are numpy views on its C arrays, so a step
+    fills whole prompt chunks with one slice assignment.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.c: Any = llama_cpp.llama_batch_init(capacity, 0, 1)
+        b = self.c
+        self.token: npt.NDArray[np.int32] = np.ctypeslib.as_array(b.token, shape=(capacity,))
+        self.pos: npt.NDArray[np.int32] = np.ctypeslib.as_array(b.pos, shape=(capacity,))
+        self.logits: npt.NDArray[np.int8] = np.ctypeslib.as_array(b.logits, shape=(capacity,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(capacity,))[:] = 1
+        # seq_id is an array of per-token pointers; keep the pointer objects so a
+        # step writes ``rows[i][0]`` without re-indexing the outer array.
+        self._seq = [b.seq_id[i] for i in range(capacity)]
+        self._seq_val = [-1] * capacity  # what each row holds now, to skip rewrites
+        self.arange = np.arange(capacity, dtype=np.int32)
+
+    def set_seq(self, i: int, seq_id: int) -> None:
+        if self._seq_val[i] != seq_id:
+            self._seq[i][0] = seq_id
+            self._seq_val[i] = seq_id
+
+    def decode(self, ctx: Any, n_tokens: int) -> int:
+        """``llama_decode`` the first ``n_tokens`` rows; llama.cpp's return code (0 = done)."""
+        self.c.n_tokens = n_tokens
+        return int(llama_cpp.llama_decode(ctx, self.c))
+
+    def free(self) -> None:
+        if self.c is not None:
+            llama_cpp.llama_batch_free(self.c)
+            self.c = None
+
+
+@dataclass
+class Plan:
+    """What one step put in the batch, for the engine to record once the decode succeeds."""
+
+    n: int = 0  # batch rows used
+    decoding: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, the token it feeds back)
+    chunks: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, tokens taken from its prompt)
+    sample_at: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, batch row of its logits)
+
+
+def plan_step(batch: TokenBatch, slots: Sequence[Slot], prefill_order: Sequence[Slot], *, n_ctx_seq: int) -> Plan:
+    """Fill ``batch`` for one step; the slots themselves are not changed."""
+    plan = Plan()
+    for s in slots:
+        if s.next_token is not None and len(s.kv) < n_ctx_seq:  # a full slot is never scheduled
+            n = plan.n
+            batch.token[n] = s.next_token
+            batch.pos[n] = len(s.kv)
+            batch.logits[n] = 1
+            batch.set_seq(n, s.seq_id)
+            plan.decoding.append((s, s.next_token))
+            plan.sample_at.append((s, n))
+            plan.n += 1
+    for s in prefill_order:
+        n = plan.n
+        room = batch.capacity - n
+        if room <= 0:
+            break
+        start = s.prompt_done
+        take = min(room, len(s.prompt) - start)
+        batch.token[n : n + take] = s.prompt[start : start + take]
+        batch.pos[n : n + take] = batch.arange[:take] + len(s.kv)
+        batch.logits[n : n + take] = 0
+        for i in range(n, n + take):
+            batch.set_seq(i, s.seq_id)
+        if start + take == len(s.prompt):
+            batch.logits[n + take - 1] = 1
+            plan.sample_at.append((s, n + take - 1))
+        plan.chunks.append((s, take))
+        plan.n += take
+    return plan

@@ -1,0 +1,79 @@
+"""Embeddings share the engine's loaded model: the weights once in memory, the engine's threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+
+from server.engine.base import EngineError
+from server.engine.llama.engine import LlamaEngine
+from server.protocol import EmbeddingRequest
+from server.services.embeddings import EmbeddingsService
+from tests.fixtures.tiny_llama3 import N_EMBD
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every model load, context creation and free llama.cpp is asked for, in order."""
+    seen: list[tuple[str, Any]] = []
+    load, init = llama_cpp.llama_model_load_from_file, llama_cpp.llama_init_from_model
+    free, free_model = llama_cpp.llama_free, llama_cpp.llama_model_free
+
+    def spy_load(path: bytes, params: Any) -> Any:
+        model = load(path, params)
+        seen.append(("load", model))
+        return model
+
+    def spy_init(model: Any, params: Any) -> Any:
+        seen.append(("context", (model, params.n_threads, params.n_threads_batch, bool(params.embeddings))))
+        return init(model, params)
+
+    def spy_free(ctx: Any) -> None:
+        seen.append(("free", None))
+        free(ctx)
+
+    def spy_free_model(model: Any) -> None:
+        seen.append(("free_model", model))
+        free_model(model)
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", spy_load)
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", spy_init)
+    monkeypatch.setattr(llama_cpp, "llama_free", spy_free)
+    monkeypatch.setattr(llama_cpp, "llama_model_free", spy_free_model)
+    return seen
+
+
+async def test_the_embeddings_context_uses_the_engines_model_and_threads(
+    tiny_llama3_gguf: Path, calls: list[tuple[str, Any]]
+) -> None:
+    engine = LlamaEngine(str(tiny_llama3_gguf), model_id="tiny", n_slots=1, n_ctx_per_seq=256, n_threads=3)
+    service = EmbeddingsService.for_engine(engine, model_id="tiny")
+    try:
+        result = await service.create(EmbeddingRequest(model="tiny", input=["hello", "world"]))
+    finally:
+        service.close()
+        engine.close()
+    assert [len(d.embedding) for d in result.data] == [N_EMBD, N_EMBD]
+    loads = [model for what, model in calls if what == "load"]
+    assert len(loads) == 1, "the GGUF was loaded more than once"
+    contexts = [args for what, args in calls if what == "context"]
+    assert contexts == [(loads[0], 3, 3, False), (loads[0], 3, 3, True)]
+
+
+def test_closing_the_engine_closes_its_embedders_before_the_model(
+    tiny_llama3_gguf: Path, calls: list[tuple[str, Any]]
+) -> None:
+    engine = LlamaEngine(str(tiny_llama3_gguf), model_id="tiny", n_slots=1, n_ctx_per_seq=256)
+    embedder = engine.make_embedder(128)
+    assert len(embedder.embed(engine.tokenize("hello", add_special=True, parse_special=False))) == N_EMBD
+    del calls[:]
+    engine.close()
+    assert [what for what, _ in calls] == ["free", "free", "free_model"]
+    with pytest.raises(EngineError):
+        embedder.embed([1, 2, 3])
+    embedder.close()  # closing again, as the embeddings service does, is harmless
