@@ -1,5 +1,5 @@
 """The typed error tree. Each error knows its HTTP status and OpenAI ``type``/``code``;
-the handlers in :mod:`server.api.app` map them to OpenAI's error JSON in one place.
+the handlers in :mod:`server.api.error_handlers` map them to OpenAI's error JSON in one place.
 
     LlamaserveError                     500 server_error
     ├── InvalidRequestError             400 invalid_request_error
@@ -8,6 +8,8 @@ the handlers in :mod:`server.api.app` map them to OpenAI's error JSON in one pla
     │   └── RequestTooLargeError        413 code=request_too_large
     ├── AuthenticationError             401 invalid_api_key
     ├── ModelNotFoundError              404 code=model_not_found
+    ├── RouteNotFoundError              404 code=not_found
+    ├── MethodNotAllowedError           405 code=method_not_allowed
     ├── QueueFullError                  429 (carries retry_after seconds)
     ├── ServiceUnavailableError         503 (loading, draining)
     ├── GenerationError                 500 (the engine failed mid-request)
@@ -100,6 +102,24 @@ class ModelNotFoundError(LlamaserveError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class RouteNotFoundError(LlamaserveError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"Unknown route: {method} {path}")
+
+
+class MethodNotAllowedError(LlamaserveError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"Method {method} is not allowed on {path}")
 
 
 class QueueFullError(LlamaserveError):

@@ -20,7 +20,9 @@ from server.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     LlamaserveError,
+    MethodNotAllowedError,
     QueueFullError,
+    RouteNotFoundError,
     openai_param,
 )
 from server.ops.logs import request_id_var
@@ -64,14 +66,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        err = LlamaserveError(str(exc.detail))
-        err.status_code = exc.status_code
-        err.error_type = "invalid_request_error"
-        err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        method, path = request.method, request.url.path
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowedError(method, path))
         if exc.status_code == 404:
-            err.message = f"Unknown route: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            err.message = f"Method {request.method} is not allowed on {request.url.path}"
+            return error_response(RouteNotFoundError(method, path))
+        # Nothing else reaches here today; keep any other status starlette may raise, in our shape.
+        err = InvalidRequestError(str(exc.detail))
+        err.status_code = exc.status_code
         return error_response(err)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

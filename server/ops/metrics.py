@@ -86,10 +86,16 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
-        r = self.registry
-        p = PREFIX
-        m = ["model"]
+        self._declare_histograms(self.registry)
+        self._declare_counters(self.registry)
+        self._declare_gauges(self.registry)
+        self._models: dict[str, ModelMetrics] = {}
+        self._models_lock = threading.Lock()
 
+    # Declarations only, grouped by kind; every per-model series carries the "model" label.
+
+    def _declare_histograms(self, r: CollectorRegistry) -> None:
+        p, m = PREFIX, ["model"]
         self.time_to_first_token = Histogram(
             f"{p}_time_to_first_token_seconds",
             "Time from arrival to the first generated token, queueing and prompt processing included.",
@@ -140,6 +146,8 @@ class Metrics:
             registry=r,
         )
 
+    def _declare_counters(self, r: CollectorRegistry) -> None:
+        p, m = PREFIX, ["model"]
         self.requests = Counter(
             f"{p}_requests",
             "HTTP requests answered, by route template and status code.",
@@ -187,6 +195,8 @@ class Metrics:
             # Present from the start at 0, so rate() and alerts see the first rejection.
             self.requests_rejected.labels(reason=reason)
 
+    def _declare_gauges(self, r: CollectorRegistry) -> None:
+        p, m = PREFIX, ["model"]
         self.requests_running = Gauge(
             f"{p}_requests_running", "Sequences holding a slot (prefilling or generating).", m, registry=r
         )
@@ -206,8 +216,6 @@ class Metrics:
             ["model", "quantization", "n_ctx", "n_parallel"],
             registry=r,
         )
-        self._models: dict[str, ModelMetrics] = {}
-        self._models_lock = threading.Lock()
 
     def model(self, model_id: str) -> ModelMetrics:
         """The per-model view for ``model_id``: made on the first call, the same object after."""

@@ -22,6 +22,7 @@ from server.errors import (
     UnsupportedFieldError,
 )
 from server.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from server.services.sampling import check_token_ids
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDINGS_CTX = 2048
@@ -81,8 +82,7 @@ class EmbeddingsService:
         for i, ids in enumerate(lists):
             if not ids:
                 raise InvalidRequestError(f"Input {i} is empty.", param="input")
-            if any(not 0 <= t < self._n_vocab for t in ids):
-                raise InvalidRequestError(f"Input {i} holds token ids outside the vocabulary.", param="input")
+            check_token_ids(ids, self._n_vocab, param="input", what=f"Input {i}")
             if len(ids) > embedder.n_ctx:
                 raise ContextLengthExceededError(len(ids), embedder.n_ctx, param="input", prompt_tokens=len(ids))
         return lists
@@ -95,7 +95,8 @@ class EmbeddingsService:
             raise UnsupportedFieldError(
                 "dimensions", f"must be {embedder.n_embd} (this model's size) or omitted; it cannot be reduced"
             )
-        inputs = self._inputs(req, embedder)
+        # Tokenizing grows with the input, like embedding: both run off the event loop.
+        inputs = await asyncio.to_thread(self._inputs, req, embedder)
         vectors = await asyncio.to_thread(lambda: [embedder.embed(ids) for ids in inputs])
         as_base64 = req.encoding_format == "base64"
         data = [Embedding(index=i, embedding=_base64(v) if as_base64 else v) for i, v in enumerate(vectors)]

@@ -207,3 +207,28 @@ def test_an_unloaded_models_gauges_leave_metrics_and_its_counters_stay(tmp_path:
     assert after[series("llamaserve_request_success_total", finish_reason="stop", model="alpha")] == 1
     assert after[series("llamaserve_time_to_first_token_seconds_count", model="alpha")] == 1
     assert after[series("llamaserve_request_success_total", finish_reason="stop", model="beta")] == 1
+
+
+def test_template_and_token_routes_route_by_model_and_survive_an_unload(tmp_path: Path) -> None:
+    # One model kept loaded: asking for beta unloads alpha, the first (default) model. Every
+    # route finds its model the same way, loading it again when it is needed.
+    config = tmp_path / "models.toml"
+    config.write_text(CONFIG.replace("parallel = 2\n", "parallel = 2\nmax_loaded_models = 1\n", 1))
+    loaded: list[str] = []
+    app = create_app(load(config_file=config), engine_factory=fake_factory(loaded))  # type: ignore[arg-type]
+    messages = [{"role": "user", "content": "Hi"}]
+    with TestClient(app) as c:
+        for _ in range(500):
+            if c.get("/health").status_code == 200:
+                break
+        r = c.post("/apply-template", json={"model": "beta", "messages": messages})
+        assert r.status_code == 200 and r.json()["prompt"].endswith("<|im_start|>assistant\n")
+        assert c.get("/health").json()["models_loaded"] == ["beta"]
+        # No model: the first one, loaded again rather than a 503 because it was unloaded.
+        assert c.post("/apply-template", json={"messages": messages}).status_code == 200
+        assert c.post("/tokenize", json={"content": "ab"}).json() == {"tokens": [97, 98]}
+        assert c.post("/detokenize", json={"model": "beta", "tokens": [104, 105]}).json() == {"content": "hi"}
+        for path, body in (("/apply-template", {"messages": messages}), ("/tokenize", {"content": "x"})):
+            r = c.post(path, json={**body, "model": "gamma"})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", path
+    assert loaded == ["alpha:512x2", "beta:256x1", "alpha:512x2", "beta:256x1"]

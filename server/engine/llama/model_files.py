@@ -245,6 +245,50 @@ def _first_int(value: object) -> int | None:
     return None
 
 
+def _read_tensor_table(r: _Reader, n_tensors: int) -> list[tuple[str, int, int | None]]:
+    """Each tensor's name, data offset and size in bytes (None for a type we do not know)."""
+    tensors: list[tuple[str, int, int | None]] = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.u32()
+        if n_dims > 8:
+            raise r._corrupt(f"tensor {name!r} has {n_dims} dimensions")
+        dims = [r.u64() for _ in range(n_dims)]
+        ttype = r.u32()
+        offset = r.u64()
+        nbytes: int | None = None
+        if ttype in GGML_BLOCK_SIZES:
+            block, block_bytes = GGML_BLOCK_SIZES[ttype]
+            n = 1
+            for d in dims:
+                n *= d
+            nbytes = n // block * block_bytes
+        tensors.append((name, offset, nbytes))
+    return tensors
+
+
+def _summary(path: Path, version: int, n_tensors: int, meta: dict[str, object]) -> GGUFSummary:
+    arch = str(meta.get("general.architecture", "unknown"))
+
+    def arch_int(key: str) -> int | None:
+        return _first_int(meta.get(f"{arch}.{key}"))
+
+    return GGUFSummary(
+        path=path,
+        version=version,
+        architecture=arch,
+        n_ctx_train=arch_int("context_length"),
+        n_layer=arch_int("block_count"),
+        n_embd=arch_int("embedding_length"),
+        n_head=arch_int("attention.head_count"),
+        n_head_kv=arch_int("attention.head_count_kv"),
+        key_length=arch_int("attention.key_length"),
+        value_length=arch_int("attention.value_length"),
+        n_tensors=n_tensors,
+        metadata=meta,
+    )
+
+
 def read_gguf_summary(path: Path) -> GGUFSummary:
     """Parse the header, metadata and tensor table; check every tensor's data lies in the file."""
     size = path.stat().st_size
@@ -270,48 +314,14 @@ def read_gguf_summary(path: Path) -> GGUFSummary:
             value = r.value(vtype, keep=not key.startswith("tokenizer.ggml."))
             if value is not None:
                 meta[key] = value
-        tensors: list[tuple[str, int, int | None]] = []  # name, offset, bytes (None = unknown type)
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.u32()
-            if n_dims > 8:
-                raise r._corrupt(f"tensor {name!r} has {n_dims} dimensions")
-            dims = [r.u64() for _ in range(n_dims)]
-            ttype = r.u32()
-            offset = r.u64()
-            nbytes: int | None = None
-            if ttype in GGML_BLOCK_SIZES:
-                block, block_bytes = GGML_BLOCK_SIZES[ttype]
-                n = 1
-                for d in dims:
-                    n *= d
-                nbytes = n // block * block_bytes
-            tensors.append((name, offset, nbytes))
+        tensors = _read_tensor_table(r, n_tensors)
         alignment = _first_int(meta.get("general.alignment")) or 32
         data_start = -(-f.tell() // alignment) * alignment
     for name, offset, nbytes in tensors:
         end = data_start + offset + (nbytes or 0)
         if end > size:
             raise r._corrupt(f"tensor {name!r} needs bytes up to {end}")
-    arch = str(meta.get("general.architecture", "unknown"))
-
-    def arch_int(key: str) -> int | None:
-        return _first_int(meta.get(f"{arch}.{key}"))
-
-    return GGUFSummary(
-        path=path,
-        version=version,
-        architecture=arch,
-        n_ctx_train=arch_int("context_length"),
-        n_layer=arch_int("block_count"),
-        n_embd=arch_int("embedding_length"),
-        n_head=arch_int("attention.head_count"),
-        n_head_kv=arch_int("attention.head_count_kv"),
-        key_length=arch_int("attention.key_length"),
-        value_length=arch_int("attention.value_length"),
-        n_tensors=n_tensors,
-        metadata=meta,
-    )
+    return _summary(path, version, n_tensors, meta)
 
 
 def check_split_model(first: Path) -> GGUFSummary:
