@@ -176,7 +176,8 @@ class ModelRegistry:
             except Exception as exc:
                 log.exception("model %s failed to load", entry.id)
                 raise ServiceUnavailableError(f"The model '{entry.id}' could not be loaded: {exc}") from exc
-            entry.loaded = self._serve(entry.settings, engine)
+            # Compiling the chat template and starting the engine thread stay off the event loop too.
+            entry.loaded = await asyncio.to_thread(self._serve, entry.settings, engine)
             entry.last_used = self._clock()
             log.info("model %s loaded in %.1f s", entry.id, self._clock() - started)
 
