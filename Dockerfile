@@ -21,9 +21,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # GGML_NATIVE=OFF: portable code, so the image runs on any CPU of the architecture, not only the builder's.
+# GGML_RPC=ON: the same build as `make install`, so an image can be a head (--rpc) or an rpc-worker.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CMAKE_ARGS="-DGGML_NATIVE=OFF"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_RPC=ON"
 
 WORKDIR /src
 RUN pip wheel --wheel-dir /wheels llama-cpp-python==0.3.36

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from server.errors import LlamaserveError
@@ -74,7 +74,16 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(default=512, ge=1, description="max tokens per decode step (chunked prefill)")
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores)")
-    n_gpu_layers: int = Field(default=0, ge=0, description="layers to offload to a GPU (999 = all)")
+    n_gpu_layers: int = Field(
+        default=0, ge=0, description="layers to offload to a GPU or RPC workers (999 = all; default with --rpc: 999)"
+    )
+    rpc: list[str] = Field(
+        default_factory=list,
+        description="RPC workers (llamaserve rpc-worker) to hold the model's layers: HOST:PORT, comma-separated",
+    )
+    tensor_split: list[float] = Field(
+        default_factory=list, description="share of the model per device, comma-separated, e.g. 1,1 (default: even)"
+    )
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot before 429")
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
@@ -115,6 +124,23 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(
         default_factory=list, description="several models by name ([[models]] in the config file)"
     )
+
+    @field_validator("rpc", "tensor_split", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # llama.cpp's spelling is one comma-separated value (--rpc a:1,b:2); repeating the flag works too.
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [part.strip() for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+        return value
+
+    @model_validator(mode="after")
+    def _layers_on_rpc_workers(self) -> Settings:
+        # llama.cpp offloads to RPC devices only when n_gpu_layers > 0: with workers, all layers go there.
+        if self.rpc and "n_gpu_layers" not in self.model_fields_set:
+            self.n_gpu_layers = 999
+        return self
 
     @model_validator(mode="after")
     def _add_keys_from_file(self) -> Settings:

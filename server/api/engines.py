@@ -47,6 +47,9 @@ def load_llama_engine(settings: Settings) -> Engine:
         n_batch=settings.batch_size,
         n_threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,
+        rpc_servers=settings.rpc,
+        tensor_split=settings.tensor_split,
+        on_worker_lost=exit_for_lost_worker,
     )
     info = engine.info
     log.info(
@@ -57,6 +60,17 @@ def load_llama_engine(settings: Settings) -> Engine:
         info.kv_cache_bytes / 2**20,
     )
     return engine
+
+
+def exit_for_lost_worker(endpoint: str, why: str) -> None:
+    """A head whose RPC worker is gone cannot go on (llama.cpp would abort mid-decode): exit now, saying why.
+
+    Exit status 3, at once: streams in flight end with a closed connection, and an orchestrator
+    restarting the head reconnects it to the workers that are back.
+    """
+    log.critical("the RPC worker %s is gone (%s): exiting; restart the head once the worker is back", endpoint, why)
+    logging.shutdown()
+    os._exit(3)
 
 
 def fake_engine_from_env() -> EngineSource | None:

@@ -10,8 +10,6 @@ bad configuration ends in one paragraph on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
-import errno
-import importlib.util
 import logging
 import os
 import socket
@@ -20,7 +18,6 @@ import threading
 import types
 import typing
 import webbrowser
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -29,23 +26,15 @@ from pydantic.fields import FieldInfo
 
 from server import __version__
 from server.api.security import check_exposure
+from server.cli.preflight import EXIT_BAD_CONFIG, bind_socket, preflight
 from server.cli.prompt import PromptOptions
 from server.engine.base import EngineError
-from server.engine.llama.model_files import (
-    GGUFSummary,
-    check_split_model,
-    default_model_id,
-    format_bytes,
-    mem_available_bytes,
-    resolve_model_path,
-)
+from server.engine.llama.model_files import format_bytes
 from server.errors import LlamaserveError
 from server.ops.logs import configure_logging
-from server.settings import ENV_PREFIX, FILE_ONLY, ConfigError, Settings, load
+from server.settings import ENV_PREFIX, FILE_ONLY, Settings, load
 
 log = logging.getLogger("server")
-
-EXIT_BAD_CONFIG = 2
 
 # llamafile's and llama.cpp's short flags, for people who arrive with their habits.
 SHORT_FLAGS = {
@@ -119,7 +108,7 @@ def _add_fields(group: argparse._ArgumentGroup, model: type[BaseModel], skip: fr
                 )
         elif get_origin(annotation) is list:
             group.add_argument(
-                *flags, dest=name, action="append", default=None, metavar=name.upper()[:-1],
+                *flags, dest=name, action="append", default=None, metavar=name.upper().removesuffix("S"),
                 help=help_text,
             )  # fmt: skip
         elif get_origin(base) is Literal:
@@ -143,131 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(parser.add_argument_group("server"), Settings, FILE_ONLY)
     _add_fields(parser.add_argument_group("one-shot completion, no server"), PromptOptions, frozenset())
     return parser
-
-
-# ---- checks before anything is allocated ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckedModel:
-    settings: Settings  # the model's own flat settings: resolved path, id and context size
-    summary: GGUFSummary
-    kv_bytes: int  # estimated KV cache for all its slots
-
-
-def gpu_backends() -> list[str]:
-    """GPU backends the installed llama.cpp was built with, seen from its libraries (no import)."""
-    spec = importlib.util.find_spec("llama_cpp")
-    found: set[str] = set()
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        for lib in (Path(location) / "lib").glob("*ggml-*"):
-            for backend in ("cuda", "metal", "vulkan", "hip", "sycl", "opencl", "musa", "cann"):
-                if f"ggml-{backend}" in lib.name:
-                    found.add(backend)
-    return sorted(found)
-
-
-def check_model(s: Settings) -> CheckedModel:
-    """Resolve and read one model's file; clamp its context to what it was trained for."""
-    path = resolve_model_path(s.model)
-    summary = check_split_model(path)
-    trained = summary.n_ctx_train
-    ctx = s.ctx_size
-    if ctx == 0:
-        if trained is None:
-            raise ConfigError(
-                f"--ctx-size 0 asks for the model's trained context, but {path.name} does not record one "
-                f"({summary.architecture}.context_length); give --ctx-size N."
-            )
-        ctx = trained
-    elif trained is not None and ctx > trained:
-        # Documented choice: warn and clamp. Positions past the trained length give garbage without
-        # RoPE scaling, which this server does not configure.
-        log.warning(
-            "--ctx-size %d is larger than the %d tokens %s was trained on; using %d per sequence",
-            ctx,
-            trained,
-            path.name,
-            trained,
-        )
-        ctx = trained
-    if s.chat_template:
-        from server.prompting.chat_template import select_template
-
-        select_template(None, override=s.chat_template)  # raises for an unknown name or unreadable file
-    per_token = summary.kv_bytes_per_token() or 0
-    resolved = s.model_copy(update={"model": str(path), "alias": s.alias or default_model_id(path), "ctx_size": ctx})
-    return CheckedModel(resolved, summary, per_token * ctx * s.parallel)
-
-
-def check_memory(models: list[CheckedModel], max_loaded: int, available: int | None) -> None:
-    """Refuse a KV cache that cannot fit in memory, before llama.cpp tries to allocate it."""
-    if available is None:
-        return
-    sizes = sorted((m.kv_bytes for m in models), reverse=True)
-    resident = sizes[:max_loaded] if max_loaded else sizes
-    need = sum(resident)
-    if need <= available:
-        return
-    biggest = max(models, key=lambda m: m.kv_bytes)
-    b = biggest.settings
-    shape = f"{b.parallel} slots x {b.ctx_size} tokens"
-    if len(resident) > 1:
-        what = (
-            f"the {len(resident)} models kept loaded at once need about {format_bytes(need)} "
-            f"(the largest, {b.alias}: {shape})"
-        )
-        lower = "Lower --ctx-size, --parallel or --max-loaded-models"
-    else:
-        what = f"{b.alias} needs about {format_bytes(need)} ({shape})"
-        lower = "Lower --ctx-size or --parallel"
-    raise ConfigError(
-        f"Not enough memory for the KV cache: {what}, but only {format_bytes(available)} is available. {lower}."
-    )
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind now, so a taken port fails before the model loads; uvicorn serves on this socket."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"Port {port} on {host} is already in use (another llamaserve?). "
-                "Stop that program, or choose another port with --port N (--port 0 takes any free one)."
-            ) from None
-        if exc.errno == errno.EACCES:
-            raise ConfigError(f"Not allowed to bind {host}:{port}; ports below 1024 need privileges.") from None
-        raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}. Check --host.") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def preflight(settings: Settings) -> tuple[Settings, list[CheckedModel]]:
-    """Check every model; return the settings with resolved paths and clamped contexts."""
-    checked = [check_model(s) for s in settings.model_settings()]
-    ids = [c.settings.alias or "" for c in checked]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ConfigError(f"Two models would both be called {dupes[0]!r}: give each [[models]] entry its own alias.")
-    offload = [c.settings for c in checked if c.settings.n_gpu_layers > 0]
-    backends = gpu_backends()
-    if offload and not backends:
-        log.info("-ngl %d accepted; this llama.cpp build is CPU-only, so every layer runs on the CPU",
-                 offload[0].n_gpu_layers)  # fmt: skip
-    if not (offload and backends):  # offloaded KV lives in GPU memory, which /proc/meminfo does not show
-        check_memory(checked, settings.max_loaded_models, mem_available_bytes())
-    if settings.models:
-        entries = [
-            m.model_copy(update={"path": c.settings.model, "alias": c.settings.alias, "ctx_size": c.settings.ctx_size})
-            for m, c in zip(settings.models, checked, strict=True)
-        ]
-        return settings.model_copy(update={"models": entries}), checked
-    return checked[0].settings, checked
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -323,6 +187,11 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rpc-worker"]:
+        from server.cli.rpc_worker import main as rpc_worker
+
+        return rpc_worker(argv[1:])
     args = vars(build_parser().parse_args(argv))
     config_file: Path | None = args.pop("config")
     prompt_values = {k: args.pop(k) for k in PromptOptions.model_fields}

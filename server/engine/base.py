@@ -100,6 +100,9 @@ class ModelInfo:
     quantization: str = "unknown"
     kv_cache_bytes: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Where the weights went: llama.cpp buffer name ("CPU_Mapped", "RPC0[host:port]") -> bytes.
+    placement: Mapping[str, int] = field(default_factory=dict)
+    rpc_endpoints: tuple[str, ...] = ()  # the RPC workers holding layers of this model
 
 
 class EngineError(Exception):

@@ -213,7 +213,19 @@ class Metrics:
         self.model_info = Gauge(
             f"{p}_model_info",
             "A loaded model (value 1).",
-            ["model", "quantization", "n_ctx", "n_parallel"],
+            ["model", "quantization", "n_ctx", "n_parallel", "devices"],
+            registry=r,
+        )
+        self.rpc_worker_up = Gauge(
+            f"{p}_rpc_worker_up",
+            "1 while the RPC worker holds this model's layers (the head exits when one is lost).",
+            ["model", "endpoint"],
+            registry=r,
+        )
+        self.rpc_worker_model_bytes = Gauge(
+            f"{p}_rpc_worker_model_bytes",
+            "Bytes of the model's weights on the RPC worker.",
+            ["model", "endpoint"],
             registry=r,
         )
 
@@ -284,14 +296,23 @@ class ModelMetrics:
         self._lock = threading.Lock()
         self._gauges: _Gauges | None = None
         self._info_labels: tuple[str, ...] | None = None
+        self._rpc_endpoints: tuple[str, ...] = ()
         self._kv_cells_total = 0
 
     # ---- wiring -----------------------------------------------------------------------------
 
     def set_model(self, info: ModelInfo) -> None:
         """Record the loaded model: its info series, pool size and KV cache size."""
-        labels = (self.id, info.quantization, str(info.n_ctx_per_seq), str(info.n_slots))
+        # devices: how many buffers hold the weights (1 on one machine; the CPU plus each RPC worker when split).
+        labels = (
+            self.id,
+            info.quantization,
+            str(info.n_ctx_per_seq),
+            str(info.n_slots),
+            str(max(1, len(info.placement))),
+        )
         with self._lock:
+            self._set_rpc(info)
             gauges = self._live()
             if self._info_labels is not None and self._info_labels != labels:
                 self._metrics.model_info.remove(*self._info_labels)
@@ -324,7 +345,19 @@ class ModelMetrics:
             if self._info_labels is not None:
                 m.model_info.remove(*self._info_labels)
                 self._info_labels = None
+            for endpoint in self._rpc_endpoints:
+                m.rpc_worker_up.remove(self.id, endpoint)
+                m.rpc_worker_model_bytes.remove(self.id, endpoint)
+            self._rpc_endpoints = ()
             self._kv_cells_total = 0
+
+    def _set_rpc(self, info: ModelInfo) -> None:
+        m = self._metrics
+        for endpoint in info.rpc_endpoints:
+            placed = sum(size for buffer, size in info.placement.items() if buffer.endswith(f"[{endpoint}]"))
+            m.rpc_worker_up.labels(self.id, endpoint).set(1)
+            m.rpc_worker_model_bytes.labels(self.id, endpoint).set(placed)
+        self._rpc_endpoints = info.rpc_endpoints
 
     def _live(self) -> _Gauges:
         """This model's gauge series, made (at 0) if the model had none; call with the lock held."""

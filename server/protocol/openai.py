@@ -341,11 +341,26 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
+class ModelPlacement(BaseModel):
+    """Our extension on a loaded model: where its weights are (llama.cpp's buffer names)."""
+
+    split: bool = Field(description="true when the weights are spread over several devices (RPC workers)")
+    devices: list[str] = Field(description="buffers holding the weights, e.g. CPU_Mapped, RPC0[10.0.0.2:50052]")
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llamaserve"
+    placement: ModelPlacement | None = None  # only for a loaded model whose placement is known
+
+    @model_serializer(mode="wrap")
+    def _drop_unknown_placement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("placement") is None:
+            data.pop("placement", None)
+        return data
 
 
 class ModelList(BaseModel):

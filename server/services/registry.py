@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from server.engine.base import Engine
 from server.errors import ModelNotFoundError, ServiceUnavailableError
-from server.protocol import Model, ModelList
+from server.protocol import Model, ModelList, ModelPlacement
 from server.services.model import LoadedModel
 from server.settings import Settings
 
@@ -87,9 +87,12 @@ class ModelRegistry:
         return ModelList(data=[self.model(i) for i in self._entries])
 
     def model(self, model_id: str) -> Model:
-        if model_id not in self._entries:
+        entry = self._entries.get(model_id)
+        if entry is None:
             raise ModelNotFoundError(model_id)
-        return Model(id=model_id, created=self.created)
+        placement = entry.loaded.engine.info.placement if entry.loaded is not None else {}
+        where = ModelPlacement(split=len(placement) > 1, devices=list(placement)) if placement else None
+        return Model(id=model_id, created=self.created, placement=where)
 
     def loaded(self, model_id: str | None = None) -> LoadedModel | None:
         """``model_id`` (None = the first) if it is loaded now; never loads anything."""

@@ -164,8 +164,8 @@ def test_metrics_tell_the_models_apart(client: TestClient) -> None:
     assert got[series("llamaserve_slots", model="alpha")] == 2
     assert got[series("llamaserve_slots", model="beta")] == 1
     info = "llamaserve_model_info"
-    assert got[series(info, model="alpha", quantization="none", n_ctx="512", n_parallel="2")] == 1
-    assert got[series(info, model="beta", quantization="none", n_ctx="256", n_parallel="1")] == 1
+    assert got[series(info, model="alpha", quantization="none", n_ctx="512", n_parallel="2", devices="1")] == 1
+    assert got[series(info, model="beta", quantization="none", n_ctx="256", n_parallel="1", devices="1")] == 1
     for name in ("alpha", "beta"):
         for gauge in ("llamaserve_requests_running", "llamaserve_requests_waiting", "llamaserve_slots_busy"):
             assert got[series(gauge, model=name)] == 0
@@ -202,7 +202,12 @@ def test_an_unloaded_models_gauges_leave_metrics_and_its_counters_stay(tmp_path:
         assert series(gauge, model="alpha") not in after, gauge
         assert series(gauge, model="beta") in after, gauge
     assert not [key for key in after if key[0] == "llamaserve_model_info" and ("model", "alpha") in key[1]]
-    assert after[series("llamaserve_model_info", model="beta", quantization="none", n_ctx="256", n_parallel="1")] == 1
+    assert (
+        after[
+            series("llamaserve_model_info", model="beta", quantization="none", n_ctx="256", n_parallel="1", devices="1")
+        ]
+        == 1
+    )
     # What alpha did stays counted: counters and histograms are cumulative.
     assert after[series("llamaserve_request_success_total", finish_reason="stop", model="alpha")] == 1
     assert after[series("llamaserve_time_to_first_token_seconds_count", model="alpha")] == 1

@@ -13,6 +13,7 @@ import gguf
 import pytest
 
 from server.cli import main as cli
+from server.cli import preflight
 from server.cli.prompt import PromptOptions
 from server.engine.llama.model_files import (
     GGML_BLOCK_SIZES,
@@ -213,7 +214,7 @@ def test_context_larger_than_trained_is_clamped_with_a_warning(
 ) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf", context_length=4096)
     with caplog.at_level(logging.WARNING):
-        checked = cli.check_model(Settings(model=str(path), ctx_size=100_000, parallel=2))
+        checked = preflight.check_model(Settings(model=str(path), ctx_size=100_000, parallel=2))
     assert checked.settings.ctx_size == 4096
     assert "--ctx-size 100000 is larger than the 4096 tokens m.gguf was trained on" in caplog.text
     # 2 layers x (16 + 16) dims x 2 KV heads x 2 bytes per token, for 2 slots x 4096 tokens.
@@ -223,38 +224,38 @@ def test_context_larger_than_trained_is_clamped_with_a_warning(
 
 def test_context_zero_means_trained_maximum(tmp_path: Path) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf", context_length=2048)
-    assert cli.check_model(Settings(model=str(path), ctx_size=0)).settings.ctx_size == 2048
+    assert preflight.check_model(Settings(model=str(path), ctx_size=0)).settings.ctx_size == 2048
 
 
 def test_unknown_chat_template_is_refused(tmp_path: Path) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf")
     with pytest.raises(Exception, match="neither a template name"):
-        cli.check_model(Settings(model=str(path), chat_template="no-such-template"))
+        preflight.check_model(Settings(model=str(path), chat_template="no-such-template"))
 
 
 def test_memory_check_refuses_a_kv_cache_that_cannot_fit(tmp_path: Path) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf", context_length=8192)
-    checked = cli.check_model(Settings(model=str(path), ctx_size=8192, parallel=4))
-    cli.check_memory([checked], 0, checked.kv_bytes)  # exactly enough: fine
+    checked = preflight.check_model(Settings(model=str(path), ctx_size=8192, parallel=4))
+    preflight.check_memory([checked], 0, checked.kv_bytes)  # exactly enough: fine
     with pytest.raises(ConfigError, match=r"Not enough memory for the KV cache: .*4 slots x 8192 tokens"):
-        cli.check_memory([checked], 0, checked.kv_bytes - 1)
-    cli.check_memory([checked], 0, None)  # unknown (no /proc): not refused
+        preflight.check_memory([checked], 0, checked.kv_bytes - 1)
+    preflight.check_memory([checked], 0, None)  # unknown (no /proc): not refused
 
 
 def test_memory_check_counts_only_models_kept_loaded(tmp_path: Path) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf", context_length=1024)
-    a = cli.check_model(Settings(model=str(path), alias="a", ctx_size=1024))
-    b = cli.check_model(Settings(model=str(path), alias="b", ctx_size=512))
+    a = preflight.check_model(Settings(model=str(path), alias="a", ctx_size=1024))
+    b = preflight.check_model(Settings(model=str(path), alias="b", ctx_size=512))
     with pytest.raises(ConfigError, match="max-loaded-models"):
-        cli.check_memory([a, b], 0, a.kv_bytes + 1)
-    cli.check_memory([a, b], 1, a.kv_bytes + 1)  # one loaded at a time: the bigger one fits
+        preflight.check_memory([a, b], 0, a.kv_bytes + 1)
+    preflight.check_memory([a, b], 1, a.kv_bytes + 1)  # one loaded at a time: the bigger one fits
 
 
 def test_preflight_resolves_every_model_and_refuses_duplicate_ids(tmp_path: Path) -> None:
     path = write_header_only_gguf(tmp_path / "m.gguf", context_length=1024)
     config = tmp_path / "c.toml"
     config.write_text(f'[[models]]\npath = "{path}"\nalias = "x"\n[[models]]\npath = "{path}"\nctx_size = 99999\n')
-    settings, checked = cli.preflight(load(config_file=config))
+    settings, checked = preflight.preflight(load(config_file=config))
     assert [(m.alias, m.ctx_size) for m in settings.models] == [("x", 1024), ("m", 1024)]
     assert len(checked) == 2
     copy = tmp_path / "sub"
@@ -262,7 +263,7 @@ def test_preflight_resolves_every_model_and_refuses_duplicate_ids(tmp_path: Path
     shutil.copy(path, copy / "m.gguf")
     config.write_text(f'[[models]]\npath = "{path}"\n[[models]]\npath = "{copy / "m.gguf"}"\n')
     with pytest.raises(ConfigError, match="would both be called 'm'"):
-        cli.preflight(load(config_file=config))
+        preflight.preflight(load(config_file=config))
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def test_process_metrics_are_exported() -> None:
 
 
 def test_model_info_and_pool_size(metrics: Metrics, model: ModelMetrics) -> None:
-    labels = {"model": "fake-model", "quantization": "none", "n_ctx": "4096", "n_parallel": "2"}
+    labels = {"model": "fake-model", "quantization": "none", "n_ctx": "4096", "n_parallel": "2", "devices": "1"}
     assert value(metrics, "llamaserve_model_info", **labels) == 1
     assert of_model(metrics, "llamaserve_slots") == 2
 
@@ -276,7 +276,13 @@ def test_each_model_has_its_own_series(metrics: Metrics) -> None:
     assert of_model(metrics, "llamaserve_requests_waiting", model="a") == 3
     assert of_model(metrics, "llamaserve_requests_waiting", model="b") == 0
     for m in ("a", "b"):
-        info = {"model": m, "quantization": "none", "n_ctx": "2048", "n_parallel": "2" if m == "a" else "1"}
+        info = {
+            "model": m,
+            "quantization": "none",
+            "n_ctx": "2048",
+            "n_parallel": "2" if m == "a" else "1",
+            "devices": "1",
+        }
         assert value(metrics, "llamaserve_model_info", **info) == 1
 
 
@@ -301,7 +307,7 @@ def test_rejections_have_no_model_label(metrics: Metrics, model: ModelMetrics) -
 def test_forget_drops_the_gauges_and_keeps_the_counters(
     engine: FakeEngine, metrics: Metrics, model: ModelMetrics
 ) -> None:
-    info = {"model": MODEL, "quantization": "none", "n_ctx": "4096", "n_parallel": "2"}
+    info = {"model": MODEL, "quantization": "none", "n_ctx": "4096", "n_parallel": "2", "devices": "1"}
     other = metrics.model("other")
     other.set_model(FakeEngine(model_id="other").info)
     model.request_finished(FinishReason.STOP, 5, 3, 0.1)

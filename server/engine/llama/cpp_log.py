@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import llama_cpp
 
 LOGGER_NAME = "server.engine.llama.cpp"
 _c_log = logging.getLogger(LOGGER_NAME)
+# Lines llama.cpp logs on this thread while a capture is open (a model load, say). The callback
+# runs on the thread that called into llama.cpp, so each capture sees only its own load.
+_capture: ContextVar[list[str] | None] = ContextVar("llamaserve_c_log_capture", default=None)
 
 
 def _forward_c_log(_level: int, text: bytes | None, _user_data: object) -> None:
+    if not text:
+        return
+    lines = _capture.get()
+    if lines is not None:
+        lines.append(text.decode("utf-8", "replace"))
     # Everything at DEBUG: llama.cpp narrates every load and context creation on
     # stderr, which is noise for a server. Turn on DEBUG for LOGGER_NAME to read it.
-    if text and _c_log.isEnabledFor(logging.DEBUG):
+    if _c_log.isEnabledFor(logging.DEBUG):
         _c_log.debug("%s", text.decode("utf-8", "replace").rstrip("\n"))
+
+
+@contextmanager
+def captured_c_log() -> Iterator[list[str]]:
+    """Collect what llama.cpp logs on this thread inside the block (it reports placements only there)."""
+    lines: list[str] = []
+    token = _capture.set(lines)
+    try:
+        yield lines
+    finally:
+        _capture.reset(token)
 
 
 # llama_log_set keeps only a raw pointer, process-wide, so the ctypes callback must

@@ -29,9 +29,10 @@ scheduler's engine thread). It is not bound to the thread that built it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import llama_cpp
@@ -50,9 +51,10 @@ from server.engine.base import (
 )
 from server.engine.llama.batch import Plan, TokenBatch, plan_step
 from server.engine.llama.context_params import generation_params
-from server.engine.llama.cpp_log import route_c_log
 from server.engine.llama.embeddings import LlamaEmbedder
+from server.engine.llama.loading import load_weights
 from server.engine.llama.model_info import read_model_info
+from server.engine.llama.rpc import WorkerWatch
 from server.engine.llama.sampling import make_sampler, with_logprobs
 from server.engine.llama.slots import Slot, common_prefix
 from server.engine.llama.vocab import Vocab
@@ -72,6 +74,9 @@ class LlamaEngine:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         kv_unified: bool = True,
+        rpc_servers: Sequence[str] = (),
+        tensor_split: Sequence[float] = (),
+        on_worker_lost: Callable[[str, str], None] | None = None,
     ) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be at least 1")
@@ -86,14 +91,15 @@ class LlamaEngine:
         self._embedders: list[LlamaEmbedder] = []
         # make_embedder runs in a worker thread: close must not free the model under it.
         self._embedders_lock = threading.Lock()
-        route_c_log()
-
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), mparams)
-        if not self._model:
-            raise EngineError(f"llama.cpp could not load the model {model_path!r}")
+        weights = load_weights(
+            model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers, tensor_split=tensor_split
+        )
+        self._model = weights.model
+        self._weights = weights
+        self._watch: WorkerWatch | None = None
+        if rpc_servers and on_worker_lost is not None:
+            self._watch = WorkerWatch(rpc_servers, on_lost=on_worker_lost)
+            self._watch.start()
         try:
             self._init_context(
                 model_path=model_path,
@@ -158,6 +164,9 @@ class LlamaEngine:
             n_ctx_per_seq=n_ctx_per_seq,
             n_slots=n_slots,
             n_batch=n_batch,
+        )
+        self._info = dataclasses.replace(
+            self._info, placement=self._weights.placement, rpc_endpoints=self._weights.rpc_endpoints
         )
 
     # -- the Engine interface -----------------------------------------------------
@@ -324,6 +333,8 @@ class LlamaEngine:
             if self._closed:
                 return
             self._closed = True
+        if getattr(self, "_watch", None) is not None:
+            self._watch.stop()  # type: ignore[union-attr]
         for s in getattr(self, "_slots", []):
             if s.sampler is not None:
                 llama_cpp.llama_sampler_free(s.sampler)
