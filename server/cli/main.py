@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 
 from server import __version__
 from server.api.security import check_exposure
-from server.cli.preflight import EXIT_BAD_CONFIG, bind_socket, preflight
+from server.cli.preflight import EXIT_BAD_CONFIG, bind_socket, preflight, rpc_built_in
 from server.cli.prompt import PromptOptions
 from server.engine.base import EngineError
 from server.engine.llama.model_files import format_bytes
@@ -54,7 +54,8 @@ Settings come from, lowest precedence first: the built-in defaults shown above, 
 config file (--config FILE or {ENV_PREFIX}CONFIG; config/default.toml lists every key),
 {ENV_PREFIX}<NAME> environment variables (e.g. {ENV_PREFIX}CTX_SIZE=4096; lists as JSON),
 and these flags. Several models by name: [[models]] tables in the config file.
-Bad configuration exits with code 2.
+Bad configuration exits with code 2. One model over several machines: `llamaserve rpc-worker --help`
+on each worker, then --rpc HOST:PORT,... here{{rpc_note}}.
 """
 
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamaserve",
         description="OpenAI-compatible server for GGUF models, with continuous batching over llama.cpp.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(rpc_note="" if rpc_built_in() else " (NOT available: this llama.cpp has no RPC)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML config file (default: none)")
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         sock = bind_socket(settings.host, settings.port)
     except LlamaserveError as exc:
         return _fail(exc.message)
+    if not rpc_built_in():
+        log.warning("this llama.cpp build has no RPC backend: --rpc and rpc-worker are unavailable (make install)")
     for c in checked:
         s = c.settings
         log.info(

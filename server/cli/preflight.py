@@ -44,6 +44,13 @@ def gpu_backends() -> list[str]:
     return sorted(found)
 
 
+def rpc_built_in() -> bool:
+    """Whether the installed llama.cpp has its RPC backend, seen from its libraries (no import)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    locations = (spec.submodule_search_locations or []) if spec else []
+    return any(any((Path(loc) / "lib").glob("libggml-rpc.so*")) for loc in locations)
+
+
 def check_model(s: Settings) -> CheckedModel:
     """Resolve and read one model's file; clamp its context to what it was trained for."""
     path = resolve_model_path(s.model)

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from server.cli.preflight import check_rpc
-from server.engine.llama.loading import parse_placement
+from server.engine.llama.loading import parse_layers, parse_placement
 from server.engine.llama.rpc import RpcError, parse_endpoint, probe, rpc_supported
 from server.settings import ConfigError, Settings, load
 
@@ -46,6 +46,14 @@ def test_placement_comes_from_llama_cpps_load_log() -> None:
         "RPC0[127.0.0.1:50052]": 34 * 2**20,
         "RPC1[127.0.0.1:50053]": round(34.5 * 2**20),
     }
+
+
+def test_layers_per_device_come_from_the_load_log_too() -> None:
+    lines = [
+        f"load_tensors: layer {i:3d} assigned to device {'RPC0' if i < 15 else 'RPC1'}, is_swa = 0\n" for i in range(30)
+    ]
+    lines.append("load_tensors: layer  30 assigned to device CPU, is_swa = 0\n")
+    assert parse_layers(lines) == {"RPC0": 15, "RPC1": 15, "CPU": 1}
 
 
 def test_rpc_and_tensor_split_take_llama_cpps_comma_lists_and_put_the_layers_on_the_workers() -> None:

@@ -23,6 +23,7 @@ from server.engine.llama.rpc import add_servers
 log = logging.getLogger(__name__)
 
 _BUFFER_SIZE = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+_LAYER_DEVICE = re.compile(r"layer\s+\d+ assigned to device (\S+?),")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ def parse_placement(lines: Sequence[str]) -> dict[str, int]:
         m = _BUFFER_SIZE.search(line)
         if m:
             out[m.group(1)] = out.get(m.group(1), 0) + round(float(m.group(2)) * 2**20)
+    return out
+
+
+def parse_layers(lines: Sequence[str]) -> dict[str, int]:
+    """``{device: layers}`` from llama.cpp's load log (``layer  3 assigned to device RPC0, ...``)."""
+    out: dict[str, int] = {}
+    for line in lines:
+        m = _LAYER_DEVICE.search(line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0) + 1
     return out
 
 
@@ -72,4 +83,6 @@ def load_weights(
     placement = parse_placement(lines)
     for buffer, size in placement.items():
         log.info("model weights on %s: %.1f MiB", buffer, size / 2**20)
+    if rpc_servers:
+        log.info("layers per device: %s", ", ".join(f"{d} {n}" for d, n in parse_layers(lines).items()))
     return LoadedWeights(model, placement, tuple(rpc_servers))
