@@ -349,9 +349,7 @@ class Scheduler:
         if notify and reason is not FinishReason.CANCELLED:
             tail = seq.stream.finish()
             seq.handle._push(
-                FinishEvent(
-                    reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached, seq.stream.matched
-                )
+                FinishEvent(reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached, seq.stream.matched)
             )
 
     def _shutdown(self) -> None:
