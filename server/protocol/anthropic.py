@@ -73,6 +73,11 @@ class RedactedThinkingBlockParam(_Params):
     data: str
 
 
+def _text_or_blocks(value: Any) -> str:
+    # One branch per shape, so a wrong block is reported as itself, not as "not a string" too.
+    return "text" if isinstance(value, str) else "blocks"
+
+
 def _tag(known: frozenset[str]) -> Callable[[Any], str]:
     def tag(value: Any) -> str:
         kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
@@ -90,7 +95,13 @@ ResultContent = Annotated[
 class ToolResultBlockParam(_Params):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[ResultContent] | None = None
+    content: (
+        Annotated[
+            Annotated[str, Tag("text")] | Annotated[list[ResultContent], Tag("blocks")],
+            Discriminator(_text_or_blocks),
+        ]
+        | None
+    ) = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
 
@@ -109,7 +120,10 @@ ContentBlockParam = Annotated[
 class MessageParam(_Params):
     # "system" inside messages is the SDK's mid-conversation system message: folded into the system prompt.
     role: Literal["user", "assistant", "system"]
-    content: str | list[ContentBlockParam]
+    content: Annotated[
+        Annotated[str, Tag("text")] | Annotated[list[ContentBlockParam], Tag("blocks")],
+        Discriminator(_text_or_blocks),
+    ]
 
 
 class CustomTool(_Params):
@@ -204,7 +218,13 @@ class MessagesInput(_Params):
 
     model: str = Field(description="the served model's id")
     messages: list[MessageParam] = Field(min_length=1)
-    system: str | list[TextBlockParam] | None = None
+    system: (
+        Annotated[
+            Annotated[str, Tag("text")] | Annotated[list[TextBlockParam], Tag("blocks")],
+            Discriminator(_text_or_blocks),
+        ]
+        | None
+    ) = None
     tools: list[ToolUnion] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
