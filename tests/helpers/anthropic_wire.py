@@ -91,8 +91,12 @@ def _check_order(events: list[Any]) -> None:
         complete = True
     open_index: int | None = None
     next_index = 0
+    ended = False  # after a message_delta, no block may start
     for e in events[1:]:
         kind = e["type"]
+        assert kind != "message_start", "a second message_start"
+        assert kind != "message_stop" or e is events[-1], "message_stop before the end"
+        assert not (ended and kind.startswith("content_block")), "a block after message_delta"
         if kind == "content_block_start":
             assert open_index is None, "a block started before the previous one stopped"
             assert e["index"] == next_index, e
@@ -104,6 +108,7 @@ def _check_order(events: list[Any]) -> None:
             open_index = None
         elif kind in ("message_delta", "message_stop"):
             assert open_index is None, "the message ended with a block open"
+            ended = True
     if complete:
         assert open_index is None
 
