@@ -81,7 +81,8 @@ def _text_or_blocks(value: Any) -> str:
 def _tag(known: frozenset[str]) -> Callable[[Any], str]:
     def tag(value: Any) -> str:
         kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        return kind if kind in known else "unsupported"
+        # A type that is not a string (a list, an object) is a block we cannot read either.
+        return kind if isinstance(kind, str) and kind in known else "unsupported"
 
     return tag
 
