@@ -341,3 +341,18 @@ def test_thinking_blocks_of_earlier_turns_are_dropped(sdk: anthropic.Anthropic, 
     assert m.stop_reason == "end_turn"
     assert "SECRET PLAN" not in engine.prompts[-1] and "opaque" not in engine.prompts[-1]
     assert "Paris." in engine.prompts[-1]
+
+
+def test_output_config_format_holds_the_reply_to_a_schema(sdk: anthropic.Anthropic, engine: RecordingEngine) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt: Any = {"format": {"type": "json_schema", "schema": schema}}
+    create(sdk, messages=[USER], extra_body={"output_config": fmt})
+    grammar = engine.params[-1].grammar
+    assert grammar is not None and "city" in grammar  # the schema became the sampling grammar
+    with pytest.raises(anthropic.BadRequestError) as err:  # not together with a forced tool call
+        create(sdk, messages=[USER], tools=[WEATHER], tool_choice={"type": "any"}, extra_body={"output_config": fmt})
+    assert "output_config.format" in err.value.message
+    unenforceable: Any = {"format": {"type": "json_schema", "schema": {"type": "string", "pattern": "^a+$"}}}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        create(sdk, messages=[USER], extra_body={"output_config": unenforceable})
+    assert "pattern" in err.value.message
