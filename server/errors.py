@@ -1,5 +1,7 @@
-"""The typed error tree. Each error knows its HTTP status and OpenAI ``type``/``code``;
-the handlers in :mod:`server.api.error_handlers` map them to OpenAI's error JSON in one place.
+"""The typed error tree. Each error knows its HTTP status and OpenAI ``type``/``code``, and
+renders itself in OpenAI's shape (:meth:`~LlamaserveError.to_dict`) or Anthropic's
+(:meth:`~LlamaserveError.to_anthropic_dict`, whose type follows from the status); the handlers in
+:mod:`server.api.error_handlers` choose the shape by route family, in one place.
 
     LlamaserveError                     500 server_error
     ├── InvalidRequestError             400 invalid_request_error
@@ -25,6 +27,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Anthropic has one error type per status; a status it does not list is an invalid request
+# (4xx) or an api_error (5xx), as its docs say.
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
 
 class LlamaserveError(Exception):
     status_code = 500
@@ -47,6 +63,14 @@ class LlamaserveError(Exception):
                 "code": self.code,
             }
         }
+
+    @property
+    def anthropic_type(self) -> str:
+        fallback = "api_error" if self.status_code >= 500 else "invalid_request_error"
+        return ANTHROPIC_ERROR_TYPES.get(self.status_code, fallback)
+
+    def to_anthropic_dict(self) -> dict[str, object]:
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
 
 
 class InvalidRequestError(LlamaserveError):

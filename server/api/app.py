@@ -17,8 +17,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
 from server.api.engines import EngineFactory, EngineSource, engine_source
-from server.api.error_handlers import error_response, install_error_handlers
+from server.api.error_handlers import install_error_handlers, render_error
 from server.api.middleware import RequestContextMiddleware
+from server.api.routes import anthropic as anthropic_routes
 from server.api.routes import openai as openai_routes
 from server.api.routes import ops as ops_routes
 from server.api.routes import templates as template_routes
@@ -122,7 +123,7 @@ def create_app(
         SecurityMiddleware,
         api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
-        render_error=error_response,
+        render_error=render_error,
         public_paths=ui_public_paths(WEB_DIR),  # the UI's own files stay public
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
@@ -136,7 +137,7 @@ def create_app(
             expose_headers=["Retry-After", "X-Request-Id"],
         )
     install_error_handlers(app)
-    for routes in (openai_routes, ops_routes, template_routes, token_routes):
+    for routes in (openai_routes, anthropic_routes, ops_routes, template_routes, token_routes):
         app.include_router(routes.router)
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():

@@ -1,7 +1,9 @@
-"""The typed error tree (:mod:`server.errors`) -> HTTP, in one place: OpenAI's error JSON and its status.
+"""The typed error tree (:mod:`server.errors`) -> HTTP, in one place: the error JSON and its status.
 
 Every refusal the services raise, every body FastAPI cannot validate, every unknown route and
-every unexpected exception leaves the server in the same shape, with the request id.
+every unexpected exception leaves the server in its route family's shape, with the request id:
+Anthropic's ``{"type": "error", "error": {...}}`` under ``/v1/messages``, OpenAI's everywhere else.
+The security middleware's refusals (401, 413) and errors inside a stream come through here too.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from server.api.middleware import REQUEST_ID_HEADER
+from server.api.security import ASGIApp
 from server.api.state import AppState
 from server.errors import (
     AuthenticationError,
@@ -30,11 +34,32 @@ from server.ops.logs import request_id_var
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: LlamaserveError) -> JSONResponse:
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def is_anthropic_route(path: str) -> bool:
+    """``/v1/messages`` and everything under it speaks Anthropic's protocol (query strings aside)."""
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def error_body(exc: LlamaserveError, path: str) -> dict[str, object]:
+    return exc.to_anthropic_dict() if is_anthropic_route(path) else exc.to_dict()
+
+
+def error_response(exc: LlamaserveError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFullError) else None
     if isinstance(exc, AuthenticationError):
         headers = {"WWW-Authenticate": 'Bearer realm="llamaserve"'}
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    return JSONResponse(error_body(exc, path), status_code=exc.status_code, headers=headers)
+
+
+def render_error(exc: LlamaserveError) -> ASGIApp:
+    """The security middleware's renderer: the shape follows the path the refused request was for."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(exc, scope.get("path", ""))(scope, receive, send)
+
+    return app
 
 
 def _count_rejection(request: Request, exc: LlamaserveError) -> None:
@@ -49,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_llamaserve_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LlamaserveError)
         _count_rejection(request, exc)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -62,26 +87,26 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(first.get("msg"))
         err = InvalidRequestError(message, param=param)
         _count_rejection(request, err)
-        return error_response(err)
+        return error_response(err, request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         method, path = request.method, request.url.path
         if exc.status_code == 405:
-            return error_response(MethodNotAllowedError(method, path))
+            return error_response(MethodNotAllowedError(method, path), path)
         if exc.status_code == 404:
-            return error_response(RouteNotFoundError(method, path))
+            return error_response(RouteNotFoundError(method, path), path)
         # Nothing else reaches here today; keep any other status starlette may raise, in our shape.
         err = InvalidRequestError(str(exc.detail))
         err.status_code = exc.status_code
-        return error_response(err)
+        return error_response(err, path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # This handler runs outside the middlewares, after they left: bring the request id back.
         request_id = request.scope.get("state", {}).get("request_id")
         request_id_var.set(request_id)
         log.exception("unhandled error on %s", request.url.path)
-        response = error_response(LlamaserveError("The server had an internal error."))
+        response = error_response(LlamaserveError("The server had an internal error."), request.url.path)
         if request_id:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response

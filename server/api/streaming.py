@@ -3,6 +3,10 @@
 A client that leaves cancels its request end to end: a JSON response is abandoned as soon as
 the disconnect is seen, a stream when its next chunk cannot be written; either way every
 choice's handle is cancelled and the scheduler frees the slots at its next step.
+
+Two framings: OpenAI's (``data:`` lines, ``data: [DONE]`` at the end) and Anthropic's (every
+event named, ``event: <type>`` over its ``data:``, nothing after ``message_stop``). An error after
+the stream started is an ``error`` event in the route family's error shape.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
+from server.api.error_handlers import ANTHROPIC_PREFIX, error_body
 from server.errors import LlamaserveError
 from server.services.pipeline import Chunk, Generation
 
@@ -28,11 +33,15 @@ KEEPALIVE_SECONDS = 10
 DISCONNECT_POLL_SECONDS = 0.05
 
 T = TypeVar("T")
+Framing = Callable[[AsyncIterator[Chunk]], AsyncIterator[dict[str, str]]]
 
 
-async def respond(request: Request, generation: Generation[T]) -> T | EventSourceResponse | JSONResponse:
+async def respond(
+    request: Request, generation: Generation[T], *, framing: Framing | None = None
+) -> T | EventSourceResponse | JSONResponse:
     if generation.streaming:
-        return EventSourceResponse(_sse(generation.chunks()), ping=KEEPALIVE_SECONDS, sep="\n")
+        events = (framing or openai_events)(generation.chunks())
+        return EventSourceResponse(events, ping=KEEPALIVE_SECONDS, sep="\n")
     return await _unless_disconnected(request, generation)
 
 
@@ -60,20 +69,37 @@ async def _unless_disconnected(request: Request, generation: Generation[T]) -> T
     return result
 
 
-async def _sse(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
-    error: LlamaserveError | None = None
+def _dumps(value: object) -> str:
+    # Serialised once, straight to the data line.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _until_error(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk | LlamaserveError]:
+    """The chunks, then the error that ended them, if one did (the headers are gone by then)."""
     try:
         async for chunk in chunks:
-            # Serialised once, straight to the data line.
-            yield {"data": json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))}
+            yield chunk
     except LlamaserveError as exc:
-        error = exc
+        yield exc
     except Exception:
         log.exception("a stream failed after it started")
-        error = LlamaserveError("The server had an internal error.")
-    if error is not None:
-        # Headers are gone: the error travels as an SSE event in OpenAI's error shape (the openai
-        # SDK raises APIError for a data line with an "error" key), then the stream closes.
-        yield {"event": "error", "data": json.dumps(error.to_dict())}
-        return
+        yield LlamaserveError("The server had an internal error.")
+
+
+async def openai_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+    async for item in _until_error(chunks):
+        if isinstance(item, LlamaserveError):
+            # The openai SDK raises APIError for a data line with an "error" key; then the stream closes.
+            yield {"event": "error", "data": json.dumps(error_body(item, "/v1"))}
+            return
+        yield {"data": _dumps(item)}
     yield {"data": "[DONE]"}
+
+
+async def anthropic_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+    """Each chunk is one event whose ``type`` names it; the anthropic SDK skips unnamed events."""
+    async for item in _until_error(chunks):
+        if isinstance(item, LlamaserveError):
+            yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIX))}
+            return
+        yield {"event": str(item["type"]), "data": _dumps(item)}

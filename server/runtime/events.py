@@ -42,6 +42,7 @@ class FinishEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended a STOP, if one did
 
 
 @dataclass(frozen=True)

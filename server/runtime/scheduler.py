@@ -348,7 +348,9 @@ class Scheduler:
         self.hooks.request_finished(reason, len(seq.request.prompt_tokens), seq.generated, e2e)
         if notify and reason is not FinishReason.CANCELLED:
             tail = seq.stream.finish()
-            seq.handle._push(FinishEvent(reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached))
+            seq.handle._push(
+                FinishEvent(reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached, seq.stream.matched)
+            )
 
     def _shutdown(self) -> None:
         for seq in list(self._active.values()):

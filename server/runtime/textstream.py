@@ -17,6 +17,8 @@ class TextStream:
         self._stop = [s for s in stop if s]
         self._held = ""
         self.stopped = False
+        # Which stop string ended the text (APIs such as Anthropic's report it back).
+        self.matched: str | None = None
 
     def push(self, piece: bytes) -> str:
         """Feed one token's bytes; return the text that is now safe to emit."""
@@ -34,8 +36,10 @@ class TextStream:
 
     def _release(self, *, final: bool) -> str:
         held = self._held
-        cut = min((i for i in (held.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stop if (i := held.find(s)) >= 0]
+        if found:
+            # The earliest match wins; at the same place, the one listed first.
+            cut, self.matched = min(found, key=lambda f: f[0])
             self.stopped = True
             self._held = ""
             return held[:cut]

@@ -11,6 +11,7 @@ from server.services.chat import ChatService, template_for
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingsService
 from server.services.limits import RequestLimits
+from server.services.messages import MessagesService
 from server.services.pipeline import Pipeline
 from server.services.tokens import TokenService
 
@@ -24,6 +25,7 @@ class LoadedModel:
     completions: CompletionService
     embeddings: EmbeddingsService
     tokens: TokenService
+    messages: MessagesService
     close: Callable[[], None]  # stops the scheduler, frees the embedder and the engine; blocks
 
     @classmethod
@@ -50,13 +52,15 @@ class LoadedModel:
             if on_close is not None:
                 on_close()
 
+        chat = ChatService(pipeline, template_for(engine, chat_template))
         return cls(
             model_id=model_id,
             engine=engine,
             scheduler=scheduler,
-            chat=ChatService(pipeline, template_for(engine, chat_template)),
+            chat=chat,
             completions=CompletionService(pipeline),
             embeddings=embeddings,
             tokens=TokenService(pipeline),
+            messages=MessagesService(pipeline, chat),
             close=close,
         )

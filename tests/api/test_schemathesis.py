@@ -2,7 +2,8 @@
 
 Every operation gets a bounded number of generated requests, both valid and invalid (the schema's
 constraints negated). Whatever arrives, the server answers without a 5xx, and every 4xx is in
-OpenAI's error shape. Example counts are small and fixed so the run stays short and repeatable.
+its API's error shape: Anthropic's on /v1/messages*, OpenAI's everywhere else. Example counts are
+small and fixed so the run stays short and repeatable.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def _assert_openai_error(body: Any, where: str) -> None:
     assert isinstance(err["type"], str) and err["type"], where
 
 
+def _assert_anthropic_error(body: Any, where: str) -> None:
+    assert isinstance(body, dict) and set(body) == {"type", "error"}, f"{where}: not an Anthropic error: {body!r}"
+    err = body["error"]
+    assert isinstance(err, dict) and set(err) == {"type", "message"}, f"{where}: {err!r}"
+    assert isinstance(err["message"], str) and err["message"], where
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @schema.parametrize()
 @settings(
@@ -47,9 +55,10 @@ def _assert_openai_error(body: Any, where: str) -> None:
     derandomize=True,  # the same examples every run: a failure here is reproducible, never flaky
     suppress_health_check=list(HealthCheck),
 )
-def test_no_5xx_and_every_4xx_in_openai_shape(case: schemathesis.Case) -> None:
+def test_no_5xx_and_every_4xx_in_its_apis_shape(case: schemathesis.Case) -> None:
     response = case.call()
     where = f"{case.method} {case.formatted_path} -> {response.status_code}"
     assert response.status_code < 500, f"{where}: {response.text[:500]}"
     if 400 <= response.status_code < 500 and case.path not in NOT_JSON:
-        _assert_openai_error(json.loads(response.content), where)
+        check = _assert_anthropic_error if case.path.startswith("/v1/messages") else _assert_openai_error
+        check(json.loads(response.content), where)

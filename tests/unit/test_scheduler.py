@@ -63,9 +63,15 @@ async def test_max_tokens_finishes_with_length(scheduler: Scheduler) -> None:
 
 
 async def test_stop_string_finishes_without_leaking(scheduler: Scheduler) -> None:
-    text, fin = await collect(scheduler.submit(request(stop=("o w",))))
+    text, fin = await collect(scheduler.submit(request(stop=("xyz", "o w"))))
     assert text == "hell"
     assert isinstance(fin, FinishEvent) and fin.reason is FinishReason.STOP
+    assert fin.stop_sequence == "o w"  # which one matched, for APIs that report it
+
+
+async def test_an_end_of_generation_stop_names_no_stop_sequence(scheduler: Scheduler) -> None:
+    _, fin = await collect(scheduler.submit(request(stop=("xyz",))))
+    assert isinstance(fin, FinishEvent) and fin.reason is FinishReason.STOP and fin.stop_sequence is None
 
 
 async def test_requests_beyond_slots_wait_fifo_then_all_complete(scheduler: Scheduler) -> None:

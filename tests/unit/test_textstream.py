@@ -42,3 +42,21 @@ def test_pending_partial_match_is_released_at_the_end() -> None:
 def test_earliest_of_several_stops_wins() -> None:
     s = TextStream(["bb", "a"])
     assert feed(s, [b"xxbba"]) == "xx"
+
+
+def test_the_matched_stop_string_is_reported() -> None:
+    s = TextStream(["zz", "bb", "a"])
+    assert feed(s, [b"xx", b"b", b"ba"]) == "xx"
+    assert s.matched == "bb"
+
+
+def test_at_the_same_place_the_first_listed_stop_is_reported() -> None:
+    s = TextStream(["abc", "ab"])
+    assert feed(s, [b"-abc"]) == "-"
+    assert s.matched == "abc"
+
+
+def test_no_stop_string_matched_reports_none() -> None:
+    s = TextStream(["STOP"])
+    feed(s, [b"abc ST"])
+    assert s.matched is None and not s.stopped
