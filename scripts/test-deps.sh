@@ -8,7 +8,9 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${LLAMASERVE_CONTAINER_TESTS:-}" = 1 ]; then
-  command -v podman >/dev/null 2>&1 || need+=(podman)
+  # netavark (with aardvark-dns) named, not left to apt: with --no-install-recommends apt may pick
+  # the CNI plugins for podman's network stack instead, which is not the set-up checked here.
+  command -v podman >/dev/null 2>&1 || need+=(podman netavark aardvark-dns)
   command -v runc >/dev/null 2>&1 || need+=(runc)
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
