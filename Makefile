@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test test-fast bench bench-rpc lint clean
+.PHONY: install serve test test-fast test-container image bench bench-rpc lint clean
 
 LLAMA_CPP_VERSION := 0.3.36
 # llama-cpp-python compiles from source (~9 min on 2 cores), with llama.cpp's RPC backend (one model
@@ -44,7 +44,16 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not model and not browser and not prometheus" $(ARGS)
+	$(PY) -m pytest -m "not model and not browser and not prometheus and not container" $(ARGS)
+
+# The image, with podman (or docker), from the llama.cpp wheel built above; see scripts/build-image.sh
+# for IMAGE, PYTHON_IMAGE (default: a local Debian stand-in base) and NO_PREBUILT_WHEEL.
+image: $(LLAMA_WHEEL)
+	WHEELHOUSE=$(WHEELHOUSE) bash scripts/build-image.sh
+
+test-container: install
+	LLAMASERVE_CONTAINER_TESTS=1 bash scripts/test-deps.sh
+	LLAMASERVE_CONTAINER_TESTS=1 $(PY) -m pytest -m container $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.bench --spawn $(ARGS)

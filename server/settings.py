@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     tensor_split: list[float] = Field(
         default_factory=list, description="share of the model per device, comma-separated, e.g. 1,1 (default: even)"
     )
+    rpc_wait: float = Field(
+        default=0.0,
+        ge=0,
+        description="seconds to wait at start for every RPC worker to answer (0 = exit 2 at once if one does not)",
+    )
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot before 429")
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
@@ -92,6 +97,11 @@ class Settings(BaseSettings):
     api_key_file: str | None = Field(default=None, description="file of accepted API keys, one per line")
     # ---- security and reliability (server/api/security.py, server/services/limits.py, server/api/shutdown.py) ----
     allow_unauthenticated: bool = Field(default=False, description="allow binding a non-loopback host without API keys")
+    metrics_public: bool = Field(
+        default=False,
+        description="serve /metrics without an API key (for scrapers that cannot send one, "
+        "such as the inference gateway's endpoint picker)",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (repeatable; '*' = any; empty = CORS off)"
     )
@@ -100,6 +110,12 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(
         default=0.0, ge=0, description="seconds a request may take from arrival to its last token (0 = no limit)"
+    )
+    liveness_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds the engine may go without finishing a step while work is pending "
+        "before /health/live answers 503 (0 = never)",
     )
     max_body_bytes: int = Field(default=4 * 2**20, ge=0, description="largest request body in bytes (0 = no limit)")
     max_messages: int = Field(default=2048, ge=1, description="most messages in one chat request")

@@ -124,7 +124,8 @@ def create_app(
         api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
         render_error=render_error,
-        public_paths=ui_public_paths(WEB_DIR),  # the UI's own files stay public
+        # The UI's own files stay public; /metrics too when asked (a scraper with no key).
+        public_paths=ui_public_paths(WEB_DIR) | ({"/metrics"} if settings.metrics_public else set()),
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     if settings.cors_origins:

@@ -37,8 +37,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ErrorRenderer = Callable[[LlamaserveError], ASGIApp]
 
-# Routes anyone may call even when keys are set: the load balancer's probe.
-PUBLIC_ROUTES = frozenset({"/health"})
+# Routes anyone may call even when keys are set: the load balancer's and the kubelet's probes.
+PUBLIC_ROUTES = frozenset({"/health", "/health/ready", "/health/live"})
 
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. Send it in an Authorization header using Bearer auth "

@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from server.settings import ConfigError, Settings
 log = logging.getLogger("server")
 
 EXIT_BAD_CONFIG = 2
+# How often a head started with --rpc-wait probes a worker that does not answer yet.
+RPC_WAIT_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,21 @@ def check_rpc(settings: Settings) -> None:
 
     if not rpc_supported():
         raise ConfigError("--rpc needs llama.cpp built with its RPC backend, and this one is not: run `make install`.")
+    # With --rpc-wait the head may start before its workers (a Kubernetes pod group starts all at once).
+    deadline = time.monotonic() + settings.rpc_wait
     for endpoint in sorted(endpoints):
-        try:
-            why = probe(endpoint)
-        except RpcError as exc:
-            raise ConfigError(str(exc)) from None
-        if why is not None:
-            raise ConfigError(
-                f"The RPC worker {endpoint} cannot be reached ({why}). Start it there first "
-                f"(`llamaserve rpc-worker --host HOST --port PORT`), or correct --rpc."
-            )
+        while True:
+            try:
+                why = probe(endpoint)
+            except RpcError as exc:
+                raise ConfigError(str(exc)) from None
+            if why is None:
+                break
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {settings.rpc_wait:g} s" if settings.rpc_wait else ""
+                raise ConfigError(
+                    f"The RPC worker {endpoint} cannot be reached ({why}){waited}. Start it there first "
+                    f"(`llamaserve rpc-worker --host HOST --port PORT`), or correct --rpc."
+                )
+            log.info("waiting for the RPC worker %s (%s)", endpoint, why)
+            time.sleep(RPC_WAIT_POLL_SECONDS)

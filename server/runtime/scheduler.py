@@ -117,6 +117,9 @@ class Scheduler:
         self._avg_request_seconds = 2.0
         self._busy = 0  # slots busy, read by the asyncio side for admission decisions
         self._thread: threading.Thread | None = None
+        # Liveness (/health/live): when the engine thread last finished a pass of its loop, or woke from
+        # idle. Written by the engine thread only; a float store is atomic, so readers need no lock.
+        self.last_step_finished = time.monotonic()
 
     # ---- asyncio side -------------------------------------------------------------------------
 
@@ -143,6 +146,11 @@ class Scheduler:
     @property
     def busy(self) -> int:
         return self._busy
+
+    @property
+    def has_work(self) -> bool:
+        """Requests running or queued: the engine thread owes a step (liveness compares it with the clock)."""
+        return self._busy > 0 or len(self._shared.waiting) > 0
 
     def retry_after(self) -> int:
         """Seconds until a queued request would likely start, from the recent drain rate."""
@@ -183,6 +191,7 @@ class Scheduler:
                     and not (self._shared.cancelled)
                 ):
                     self._cond.wait()
+                    self.last_step_finished = time.monotonic()  # idle is not stuck: count from the wake
                 if not self._shared.running:
                     break
                 cancelled, self._shared.cancelled = self._shared.cancelled, set()
@@ -206,6 +215,7 @@ class Scheduler:
                 )
             except Exception:
                 log.exception("the step_done hook failed")
+            self.last_step_finished = time.monotonic()
         self._shutdown()
 
     def _reset_engine(self) -> None:

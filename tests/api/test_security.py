@@ -240,3 +240,14 @@ def test_exposure_rules(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="server.api.security"):
         check_exposure(Settings(host="0.0.0.0", allow_unauthenticated=True))
     assert "WITHOUT authentication" in caplog.text
+
+
+def test_metrics_public_opens_metrics_alone_to_a_scraper_without_a_key() -> None:
+    closed = create_app(Settings(api_keys=["sk-1"]), engine=FakeEngine())
+    opened = create_app(Settings(api_keys=["sk-1"], metrics_public=True), engine=FakeEngine())
+    with TestClient(closed) as c:
+        assert c.get("/metrics").status_code == 401
+    with TestClient(opened) as c:
+        r = c.get("/metrics")
+        assert r.status_code == 200 and "llamaserve_requests_waiting" in r.text
+        assert c.get("/v1/models").status_code == 401  # everything else still needs the key

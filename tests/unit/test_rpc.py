@@ -72,3 +72,27 @@ def test_an_unreachable_worker_is_refused_before_loading() -> None:
             check_rpc(Settings(rpc=[f"127.0.0.1:{port}"]))
     with pytest.raises(ConfigError, match="not an RPC endpoint"):
         check_rpc(Settings(rpc=["nowhere"]))
+
+
+def test_rpc_wait_waits_for_a_worker_that_starts_after_the_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import server.cli.preflight as preflight
+
+    monkeypatch.setattr(preflight, "RPC_WAIT_POLL_SECONDS", 0.05)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        # The "worker" starts listening 0.3 s after the head began to wait for it.
+        timer = threading.Timer(0.3, s.listen)
+        timer.start()
+        started = time.monotonic()
+        check_rpc(Settings(rpc=[f"127.0.0.1:{port}"], rpc_wait=10))
+        assert 0.25 < time.monotonic() - started < 5
+        timer.join()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # never listens: the wait ends with the usual refusal
+        with pytest.raises(ConfigError, match=r"after waiting 0\.2 s"):
+            check_rpc(Settings(rpc=[f"127.0.0.1:{port}"], rpc_wait=0.2))
