@@ -47,6 +47,7 @@ def load_llama_engine(settings: Settings) -> Engine:
         n_batch=settings.batch_size,
         n_threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,
+        fair_prefill=settings.fair_prefill,
     )
     info = engine.info
     log.info(
