@@ -148,8 +148,9 @@ class Scheduler:
             if queued >= self.max_queue:
                 self.hooks.request_rejected("queue_full")
                 raise QueueFullError(self.retry_after())
-            key = request.key_id
-            if self.max_queue_per_key and queued >= 0 and self._shared.waiting.count(key) >= self.max_queue_per_key:
+            # The same for one key: those of its waiting requests that free slots take are not queued.
+            key_queued = self._shared.waiting.count(request.key_id) - max(0, free)
+            if self.max_queue_per_key and queued >= 0 and key_queued >= self.max_queue_per_key:
                 self.hooks.request_rejected("key_queue_full")
                 raise KeyQueueFullError(self.retry_after())
             handle = RequestHandle(next(self._ids), loop, self._cancel)
