@@ -10,7 +10,7 @@ import pytest
 from server.engine.base import SamplingParams
 from server.engine.fake import FakeEngine
 from server.errors import KeyQueueFullError, QueueFullError
-from server.runtime.events import FinishEvent, GenerationRequest, TokenEvent
+from server.runtime.events import GenerationRequest, TokenEvent
 from server.runtime.scheduler import RequestHandle, Scheduler
 
 
