@@ -86,6 +86,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> St
     }
     start = time.perf_counter()
     last = start
+    content_chunks = 0
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
@@ -100,6 +101,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> St
                     result.tokens = chunk["usage"]["completion_tokens"]
                 for choice in chunk.get("choices", []):
                     if choice["delta"].get("content"):
+                        content_chunks += 1
                         now = time.perf_counter()
                         if result.ttft is None:
                             result.ttft = now - start
@@ -108,6 +110,8 @@ async def one_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> St
                         last = now
     except httpx.HTTPError as exc:
         result.error = type(exc).__name__
+    # A server that sends no usage (some llama-server builds): one token per content chunk.
+    result.tokens = result.tokens or content_chunks
     return result
 
 
@@ -227,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: %(default)s)")
     p.add_argument("--engine-only", action="store_true", help="also measure in-process engine decode, no HTTP")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--compare-llama-server", metavar="PATH", help="also run llama.cpp's llama-server, side by side")
+    p.add_argument("--compare-rounds", type=int, default=3, help="interleaved rounds of the comparison")
+    p.add_argument("--fair-prefill", action="store_true", help="run the fair-prefill scenario (fair vs FIFO)")
+    p.add_argument("--priority", action="store_true", help="run the priority / fair-share scenario")
+    p.add_argument("--scenario-rounds", type=int, default=3, help="interleaved rounds of each scenario")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -243,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.spawn:
         with spawned_server(max(levels), []) as url:
             reports = asyncio.run(all_levels(url))
+            if args.compare_llama_server:
+                out["compare"] = _compare(url, args, levels)
     else:
         reports = asyncio.run(all_levels(args.url))
+    _scenarios(out, args)
     out["http"] = [asdict(r) for r in reports]
     if reports and reports[0].tokens_per_second:
         out["speedup_at_max_vs_1"] = round(reports[-1].tokens_per_second / reports[0].tokens_per_second, 2)
@@ -259,18 +271,49 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
-    else:
-        sys.stdout.write(format_table(reports) + "\n")
-        if "speedup_at_max_vs_1" in out:
-            sys.stdout.write(f"\nthroughput at {levels[-1]} streams / 1 stream: {out['speedup_at_max_vs_1']}x\n")
-        for row in engine_rows:
-            sys.stdout.write(
-                f"engine in-process, {row['concurrency']} seqs: {row['engine_tokens_per_second']} tokens/s\n"
-            )
-        if "http_decode_vs_engine_1_stream" in out:
-            ratio = out["http_decode_vs_engine_1_stream"]
-            sys.stdout.write(f"single stream over HTTP / engine in-process (decode rates): {ratio}x\n")
+        return 0
+    sys.stdout.write(format_table(reports) + "\n")
+    if "speedup_at_max_vs_1" in out:
+        sys.stdout.write(f"\nthroughput at {levels[-1]} streams / 1 stream: {out['speedup_at_max_vs_1']}x\n")
+    for row in engine_rows:
+        sys.stdout.write(f"engine in-process, {row['concurrency']} seqs: {row['engine_tokens_per_second']} tokens/s\n")
+    if "http_decode_vs_engine_1_stream" in out:
+        ratio = out["http_decode_vs_engine_1_stream"]
+        sys.stdout.write(f"single stream over HTTP / engine in-process (decode rates): {ratio}x\n")
+    _print_extras(out)
     return 0
+
+
+def _compare(url: str, args: argparse.Namespace, levels: list[int]) -> dict[str, object]:
+    from benchmarks.compare import compare, llama_server
+    from server.engine.llama.model_files import bundled_model_path
+
+    compared = sorted({1, max(levels)})
+    with llama_server(args.compare_llama_server, str(bundled_model_path()), max(levels), 1024) as theirs:
+        return compare(url, theirs, compared, args.compare_rounds, args.rounds, args.max_tokens)
+
+
+def _scenarios(out: dict[str, object], args: argparse.Namespace) -> None:
+    from benchmarks import scenarios
+
+    # Each is logged as it ends: a long run's first figures are not lost to a later failure.
+    if args.fair_prefill:
+        out["fair_prefill"] = scenarios.fair_prefill(args.scenario_rounds, batch_size=256)
+        log.info("fair prefill: %s", json.dumps(out["fair_prefill"]))
+    if args.priority:
+        out["priority"] = scenarios.priority_share(args.scenario_rounds, parallel=2, load_streams=4)
+        log.info("priority and fair share: %s", json.dumps(out["priority"]))
+
+
+def _print_extras(out: dict[str, object]) -> None:
+    if "compare" in out:
+        from benchmarks.compare import format_compare
+
+        sys.stdout.write("\nside by side with llama-server (interleaved rounds):\n")
+        sys.stdout.write(format_compare(out["compare"]) + "\n")  # type: ignore[arg-type]
+    for name in ("fair_prefill", "priority"):
+        if name in out:
+            sys.stdout.write(f"\n{name}: {json.dumps(out[name])}\n")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ renders itself in OpenAI's shape (:meth:`~LlamaserveError.to_dict`) or Anthropic
     ├── RouteNotFoundError              404 code=not_found
     ├── MethodNotAllowedError           405 code=method_not_allowed
     ├── QueueFullError                  429 (carries retry_after seconds)
+    │   └── KeyQueueFullError           429 code=key_queue_full (one API key's share is full)
     ├── ServiceUnavailableError         503 (loading, draining)
     ├── GenerationError                 500 (the engine failed mid-request)
     └── RequestTimeoutError             504 (--request-timeout passed)
@@ -154,6 +155,17 @@ class QueueFullError(LlamaserveError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"The server is busy: the request queue is full. Retry in {retry_after} s.")
         self.retry_after = retry_after
+
+
+class KeyQueueFullError(QueueFullError):
+    """This API key already has ``--max-queue-per-key`` requests waiting; other keys may still queue."""
+
+    code = "key_queue_full"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.message = f"Too many requests from this API key are waiting for the model. Retry in {retry_after} s."
+        self.args = (self.message,)
 
 
 class ServiceUnavailableError(LlamaserveError):

@@ -59,6 +59,16 @@ class ModelConfig(BaseModel):
     n_gpu_layers: int | None = Field(default=None, ge=0, description="layers to offload to a GPU")
 
 
+class KeyConfig(BaseModel):
+    """One ``[[keys]]`` entry: an API key (accepted, like ``api_keys``) and how the scheduler treats it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, description="the API key itself")
+    weight: float = Field(default=1.0, gt=0, description="share of the queue under contention (relative)")
+    priority: int = Field(default=0, description="priority of its requests that give none (lower is sooner)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
@@ -73,7 +83,9 @@ class Settings(BaseSettings):
         default=8192, ge=0, description="context tokens per sequence (0 = the model's trained maximum)"
     )
     batch_size: int = Field(default=512, ge=1, description="max tokens per decode step (chunked prefill)")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores)")
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads (default: the physical cores this process may use)"
+    )
     n_gpu_layers: int = Field(
         default=0, ge=0, description="layers to offload to a GPU or RPC workers (999 = all; default with --rpc: 999)"
     )
@@ -90,11 +102,21 @@ class Settings(BaseSettings):
         description="seconds to wait at start for every RPC worker to answer (0 = exit 2 at once if one does not)",
     )
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot before 429")
+    max_queue_per_key: int = Field(
+        default=0, ge=0, description="requests one API key may have waiting before 429 (0 = only --max-queue)"
+    )
+    fair_prefill: bool = Field(
+        default=True,
+        description="share each step's prompt processing among waiting prompts (off: first come, first served)",
+    )
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
     )
     api_keys: list[str] = Field(default_factory=list, description="accepted API keys (empty = no auth)")
     api_key_file: str | None = Field(default=None, description="file of accepted API keys, one per line")
+    keys: list[KeyConfig] = Field(
+        default_factory=list, description="per-key fair-share weight and default priority ([[keys]] in the file)"
+    )
     # ---- security and reliability (server/api/security.py, server/services/limits.py, server/api/shutdown.py) ----
     allow_unauthenticated: bool = Field(default=False, description="allow binding a non-loopback host without API keys")
     metrics_public: bool = Field(
@@ -165,6 +187,9 @@ class Settings(BaseSettings):
             for key in read_api_key_file(Path(self.api_key_file)):
                 if key not in self.api_keys:
                     self.api_keys.append(key)
+        for entry in self.keys:  # a key given a weight or priority is an accepted key
+            if entry.key not in self.api_keys:
+                self.api_keys.append(entry.key)
         return self
 
     def model_settings(self) -> list[Settings]:
@@ -186,7 +211,7 @@ class Settings(BaseSettings):
 
 
 # Settings that have no command-line flag: lists of tables belong in a file.
-FILE_ONLY = frozenset({"models"})
+FILE_ONLY = frozenset({"models", "keys"})
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -220,6 +245,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"The config file {path} is not valid TOML: {exc}.") from None
     values = {k.replace("-", "_"): v for k, v in data.items()}
     _check_keys(f"the config file {path}", list(values), list(Settings.model_fields))
+    keys = values.get("keys")
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys)):
+        raise ConfigError(f"In {path}, 'keys' must be an array of tables: write each one as [[keys]].")
     models = values.get("models")
     if models is not None:
         if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):

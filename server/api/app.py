@@ -24,7 +24,7 @@ from server.api.routes import openai as openai_routes
 from server.api.routes import ops as ops_routes
 from server.api.routes import templates as template_routes
 from server.api.routes import tokens as token_routes
-from server.api.security import SecurityMiddleware, ui_public_paths
+from server.api.security import SecurityMiddleware, key_id, ui_public_paths
 from server.api.state import AppState, AppStatus
 from server.api.web import WEB_DIR, WebFiles
 from server.engine.base import Engine
@@ -48,6 +48,8 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         max_queue=settings.max_queue,
         hooks=hooks,
         request_timeout=settings.request_timeout,
+        max_queue_per_key=settings.max_queue_per_key,
+        key_weights={key_id(k.key): k.weight for k in settings.keys},
     )
     hooks.watch(scheduler)
     scheduler.start()
@@ -126,6 +128,7 @@ def create_app(
         render_error=render_error,
         # The UI's own files stay public; /metrics too when asked (a scraper with no key).
         public_paths=ui_public_paths(WEB_DIR) | ({"/metrics"} if settings.metrics_public else set()),
+        key_priorities={key_id(k.key): k.priority for k in settings.keys},
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     if settings.cors_origins:

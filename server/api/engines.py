@@ -50,6 +50,7 @@ def load_llama_engine(settings: Settings) -> Engine:
         rpc_servers=settings.rpc,
         tensor_split=settings.tensor_split,
         on_worker_lost=exit_for_lost_worker,
+        fair_prefill=settings.fair_prefill,
     )
     info = engine.info
     log.info(

@@ -11,6 +11,11 @@ Keys are compared in constant time against every configured key (no early
 exit on the first match), after hashing both sides to one length, so neither
 the position of a matching key nor a shared prefix shows in the timing.
 
+The matched key travels on as a :class:`~server.services.pipeline.Caller` in the
+request's ASGI state (``request.state.caller``): its short id (:func:`key_id`, a hash:
+the key itself goes no further than this module) and its default priority, for the
+scheduler's fair share between keys.
+
 Errors are raised as :mod:`server.errors` types; turning them into HTTP is the
 job of the ``render_error`` callable that :mod:`server.api.app` passes in.
 """
@@ -21,11 +26,12 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from server.errors import AuthenticationError, InvalidRequestError, LlamaserveError, RequestTooLargeError
+from server.services.pipeline import ANONYMOUS, Caller
 from server.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,11 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
+def key_id(key: str) -> str:
+    """A key's stable short id for metrics and scheduling: 12 hex digits of its SHA-256, never the key."""
+    return _digest(key.encode("utf-8")).hex()[:12]
+
+
 class _BodyTooLarge(Exception):
     """Raised from ``receive`` once the streamed body passes the limit."""
 
@@ -96,9 +107,13 @@ class SecurityMiddleware:
         max_body_bytes: int,
         render_error: ErrorRenderer,
         public_paths: Iterable[str] = (),
+        key_priorities: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
-        self._key_digests = [_digest(k.encode("utf-8")) for k in api_keys]
+        # Each key once, so that at most one digest matches (the match arithmetic below relies on it).
+        self._key_digests = list(dict.fromkeys(_digest(k.encode("utf-8")) for k in api_keys))
+        priorities = key_priorities or {}
+        self._callers = [Caller(d.hex()[:12], priorities.get(d.hex()[:12], 0)) for d in self._key_digests]
         self.max_body_bytes = max_body_bytes
         self.render_error = render_error
         self.public_paths = PUBLIC_ROUTES | frozenset(public_paths)
@@ -107,7 +122,10 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        error = self._check_key(scope) or self._check_declared_length(scope)
+        caller = self._check_key(scope)
+        error = caller if isinstance(caller, AuthenticationError) else self._check_declared_length(scope)
+        if isinstance(caller, Caller):
+            scope.setdefault("state", {})["caller"] = caller
         if error is not None:
             await self.render_error(error)(scope, _no_receive, send)
             return
@@ -118,22 +136,23 @@ class SecurityMiddleware:
 
     # ---- API keys -----------------------------------------------------------------------------
 
-    def _check_key(self, scope: Scope) -> AuthenticationError | None:
+    def _check_key(self, scope: Scope) -> Caller | AuthenticationError:
+        """Who is calling (the anonymous caller when no keys are set), or why not."""
         if not self._key_digests:
-            return None
+            return ANONYMOUS
         if scope["method"] in ("GET", "HEAD") and scope["path"] in self.public_paths:
-            return None
+            return ANONYMOUS
         presented = self._presented_key(scope["headers"])
         if presented is None:
             return AuthenticationError(MISSING_KEY_MESSAGE)
         digest = _digest(presented)
-        matched = False
-        for known in self._key_digests:  # every key, every time: no early exit
-            matched |= hmac.compare_digest(digest, known)
-        if not matched:
+        matched = -1
+        for i, known in enumerate(self._key_digests):  # every key, every time: no early exit, no branch
+            matched += (i + 1) * hmac.compare_digest(digest, known)
+        if matched < 0:
             log.info("rejected a request to %s with a wrong API key", scope["path"])
             return AuthenticationError(WRONG_KEY_MESSAGE)
-        return None
+        return self._callers[matched]
 
     @staticmethod
     def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:

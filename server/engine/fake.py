@@ -31,6 +31,7 @@ from server.engine.base import (
     TokenLogprob,
     TokenOutOfRangeError,
 )
+from server.engine.prefill import DEFAULT_MIN_CHUNK, PrefillPolicy
 
 BOS = 256
 EOS = 257
@@ -86,8 +87,12 @@ class FakeEngine:
         model_id: str = "fake-model",
         chat_template: str | None = _CHATML,
         embedder: Embedder | None = None,
+        fair_prefill: bool = True,
+        prefill_min_chunk: int = DEFAULT_MIN_CHUNK,
     ) -> None:
         self._reply = reply
+        self._prefill_policy = PrefillPolicy(fair=fair_prefill, min_chunk=prefill_min_chunk)
+        self._prefill_order: list[int] = []  # slots with prompt left, oldest first
         self._embedder = embedder
         self._slots = [_Slot() for _ in range(n_slots)]
         self._step_delay = step_delay
@@ -155,6 +160,7 @@ class FakeEngine:
         s.next_token = None
         s.active = True
         s.top_logprobs = params.top_logprobs
+        self._prefill_order.append(slot)
         return reused
 
     def active_slots(self) -> int:
@@ -184,14 +190,17 @@ class FakeEngine:
                 s.cache.append(s.next_token)
                 sampling.append(i)
         budget -= len(sampling)
-        for i, s in enumerate(self._slots):
-            if s.active and s.pending and budget > 0:
-                chunk, s.pending = s.pending[:budget], s.pending[budget:]
-                budget -= len(chunk)
+        order = self._prefill_order
+        takes = self._prefill_policy.shares(budget, [len(self._slots[i].pending) for i in order])
+        for i, take in zip(order, takes, strict=True):
+            s = self._slots[i]
+            if take > 0:
+                chunk, s.pending = s.pending[:take], s.pending[take:]
                 s.cache.extend(chunk)
                 self.prefilled_tokens += len(chunk)
                 if not s.pending:
                     sampling.append(i)
+        self._prefill_order = [i for i in order if self._slots[i].pending]
         for i in sampling:
             s = self._slots[i]
             token = s.script[s.produced] if s.produced < len(s.script) else EOS
@@ -210,12 +219,15 @@ class FakeEngine:
         s.active = False
         s.pending = []
         s.next_token = None
+        if slot in self._prefill_order:
+            self._prefill_order.remove(slot)
         if not keep_cache:
             s.cache = []
 
     def reset(self) -> None:
         self.resets += 1
         self.broken = False
+        self._prefill_order = []
         for s in self._slots:
             s.active = False
             s.pending = []

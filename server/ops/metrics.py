@@ -23,6 +23,9 @@ Counting rules, so the numbers add up for an operator:
   per reason counts every refusal.
 - an unloaded model's gauges leave the exposition (:meth:`ModelMetrics.forget`);
   its counters and histograms stay, since they are cumulative.
+- the queue time is labelled by priority class (``high`` < 0 = ``normal`` < ``low``), never
+  by the client's number itself, so a client cannot mint series; the per-key waiting gauge
+  names a key by its short hash (:func:`server.api.security.key_id`), never by the key.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from server.engine.base import FinishReason, ModelInfo
 
@@ -63,7 +68,13 @@ QUEUE_BUCKETS = (
 TOKEN_COUNT_BUCKETS = tuple(float(2**i) for i in range(18))  # 1 .. 131072
 
 SUCCESS_REASONS = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS})
-REJECT_REASONS = ("queue_full", "context_overflow", "invalid")
+REJECT_REASONS = ("queue_full", "key_queue_full", "context_overflow", "invalid")
+PRIORITY_CLASSES = ("high", "normal", "low")
+
+
+def priority_class(priority: int) -> str:
+    """The label of a request priority: a bounded set, whatever numbers clients send."""
+    return "high" if priority < 0 else "normal" if priority == 0 else "low"
 
 
 class SchedulerView(Protocol):
@@ -74,6 +85,49 @@ class SchedulerView(Protocol):
 
     @property
     def waiting(self) -> int: ...
+
+    def waiting_by_key(self) -> dict[str, int]: ...
+
+
+class _WaitingByKey(Collector):
+    """``requests_waiting_by_key{model, key}``, read from each watched scheduler at scrape time.
+
+    A collector rather than a labelled gauge: the keys come and go with the queue, and a key
+    whose requests all started must read 0 (or vanish), not keep its last value.
+    """
+
+    NAME = f"{PREFIX}_requests_waiting_by_key"
+
+    def __init__(self) -> None:
+        self._views: dict[str, SchedulerView] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, model_id: str, scheduler: SchedulerView) -> None:
+        with self._lock:
+            self._views[model_id] = scheduler
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._views.pop(model_id, None)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        with self._lock:
+            views = list(self._views.items())
+        for model_id, scheduler in views:
+            for key, n in sorted(scheduler.waiting_by_key().items()):
+                family.add_metric([model_id, key or "none"], n)
+        return [family]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self.NAME,
+            "Sequences waiting for a slot, per API key (its short hash; 'none' = no key).",
+            labels=["model", "key"],
+        )
 
 
 class Metrics:
@@ -89,6 +143,8 @@ class Metrics:
         self._declare_histograms(self.registry)
         self._declare_counters(self.registry)
         self._declare_gauges(self.registry)
+        self.waiting_by_key = _WaitingByKey()
+        self.registry.register(self.waiting_by_key)
         self._models: dict[str, ModelMetrics] = {}
         self._models_lock = threading.Lock()
 
@@ -119,8 +175,8 @@ class Metrics:
         )
         self.request_queue_time = Histogram(
             f"{p}_request_queue_time_seconds",
-            "Time a sequence waited for a free slot.",
-            m,
+            "Time a sequence waited for a free slot, by priority class (high < 0, normal = 0, low > 0).",
+            ["model", "priority"],
             buckets=QUEUE_BUCKETS,
             registry=r,
         )
@@ -279,7 +335,7 @@ class ModelMetrics:
         self.time_to_first_token = m.time_to_first_token.labels(model_id)
         self.inter_token_latency = m.inter_token_latency.labels(model_id)
         self.e2e_request_latency = m.e2e_request_latency.labels(model_id)
-        self.request_queue_time = m.request_queue_time.labels(model_id)
+        self.request_queue_time = {c: m.request_queue_time.labels(model_id, c) for c in PRIORITY_CLASSES}
         self.prompt_processing = m.prompt_processing.labels(model_id)
         self.request_prompt_tokens = m.request_prompt_tokens.labels(model_id)
         self.request_generation_tokens = m.request_generation_tokens.labels(model_id)
@@ -332,6 +388,7 @@ class ModelMetrics:
             gauges.running.set_function(lambda: scheduler.busy)
             gauges.slots_busy.set_function(lambda: scheduler.busy)
             gauges.waiting.set_function(lambda: scheduler.waiting)
+        self._metrics.waiting_by_key.watch(self.id, scheduler)
 
     def forget(self) -> None:
         """The model was unloaded: drop its gauges and info series; counters and histograms stay."""
@@ -340,6 +397,7 @@ class ModelMetrics:
                 return
             self._gauges = None
             m = self._metrics
+            m.waiting_by_key.forget(self.id)
             for gauge in (m.requests_running, m.requests_waiting, m.slots, m.slots_busy, m.kv_cache_usage_ratio):
                 gauge.remove(self.id)
             if self._info_labels is not None:
@@ -383,8 +441,8 @@ class ModelMetrics:
     def request_rejected(self, reason: str) -> None:
         self._metrics.record_rejected(reason)
 
-    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int) -> None:
-        self.request_queue_time.observe(queue_seconds)
+    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int, priority: int) -> None:
+        self.request_queue_time[priority_class(priority)].observe(queue_seconds)
         self.prompt_tokens.inc(prompt_tokens)
         self.prompt_cache_hit_tokens.inc(cached_tokens)
 

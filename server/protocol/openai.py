@@ -139,6 +139,13 @@ class SamplingFields(_Request):
         description="never sample end-of-generation tokens (for benchmarks): generation ends on max_tokens, "
         "a stop string or a full context",
     )
+    priority: int | None = Field(
+        default=None,
+        ge=-(2**31),
+        le=2**31 - 1,
+        description="scheduling priority: lower is sooner, ties go by arrival (default 0, or the API key's "
+        "configured priority)",
+    )
 
 
 class ChatCompletionRequest(SamplingFields):

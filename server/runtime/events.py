@@ -22,6 +22,8 @@ class GenerationRequest:
     max_tokens: int
     stop: Sequence[str] = ()
     request_id: str = ""
+    priority: int = 0  # lower is sooner; ties go by arrival
+    key_id: str = ""  # the API key's short id, for fair share between keys ("" = no key)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class SchedulerHooks(Protocol):
 
     def request_queued(self) -> None: ...  # asyncio thread
     def request_rejected(self, reason: str) -> None: ...  # asyncio thread
-    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int) -> None: ...
+    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int, priority: int) -> None: ...
     def first_token(self, ttft_seconds: float, prompt_seconds: float) -> None: ...
     def token(self, inter_token_seconds: float) -> None: ...
     def request_finished(
@@ -74,7 +76,7 @@ class NoHooks:
     def request_rejected(self, reason: str) -> None:
         pass
 
-    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int) -> None:
+    def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int, priority: int) -> None:
         pass
 
     def first_token(self, ttft_seconds: float, prompt_seconds: float) -> None:

@@ -1,10 +1,14 @@
 """Admission, a bounded wait queue, slot choice, cancellation and the step loop.
 
 One engine thread owns the engine. The asyncio side talks to it only through
-:meth:`Scheduler.submit` and :meth:`RequestHandle.cancel`; events come back
-through ``loop.call_soon_threadsafe`` into each request's own asyncio queue. A
+:meth:`Scheduler.submit` and :meth:`RequestHandle.cancel`; events come back once per
+engine pass, all slots' together, through :class:`~server.runtime.handle.Outbox`. A
 cancelled request is released at the start of the next engine step, so a
 client that disconnects frees its slot and KV cells within one step.
+
+Waiting requests are ordered by :class:`~server.runtime.waitqueue.WaitQueue`: priority,
+then weighted round robin across API keys, then arrival. ``max_queue`` bounds the whole
+queue and ``max_queue_per_key`` one key's part of it (429 beyond either).
 """
 
 from __future__ import annotations
@@ -15,59 +19,26 @@ import logging
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from server.engine.base import Engine, EngineError, FinishReason, StepOutput
-from server.errors import QueueFullError, RequestTimeoutError, ServiceUnavailableError
+from server.errors import KeyQueueFullError, QueueFullError, RequestTimeoutError, ServiceUnavailableError
 from server.runtime.events import (
     ErrorEvent,
-    Event,
     FinishEvent,
     GenerationRequest,
     NoHooks,
     SchedulerHooks,
     TokenEvent,
 )
+from server.runtime.handle import Outbox, RequestHandle
 from server.runtime.textstream import TextStream
+from server.runtime.waitqueue import WaitQueue
+
+__all__ = ["RequestHandle", "Scheduler"]
 
 log = logging.getLogger(__name__)
-
-
-class RequestHandle:
-    """The asyncio side of one request: iterate :meth:`events`, or :meth:`cancel` it."""
-
-    def __init__(self, scheduler: Scheduler, seq_id: int, loop: asyncio.AbstractEventLoop) -> None:
-        self._scheduler = scheduler
-        self.seq_id = seq_id
-        self._loop = loop
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.done = False
-        self.admitted = asyncio.Event()
-
-    def _push(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
-    def _mark_admitted(self) -> None:
-        self._loop.call_soon_threadsafe(self.admitted.set)
-
-    def cancel(self) -> None:
-        if not self.done:
-            self.done = True
-            self._scheduler._cancel(self.seq_id)
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Yield events until the request finishes; leaving early cancels it."""
-        try:
-            while True:
-                event = await self._queue.get()
-                yield event
-                if isinstance(event, FinishEvent | ErrorEvent):
-                    self.done = True
-                    return
-        finally:
-            self.cancel()
 
 
 @dataclass
@@ -83,12 +54,20 @@ class _Sequence:
     last_token_at: float = 0.0
     first_token_at: float | None = None
 
+    @property
+    def priority(self) -> int:
+        return self.request.priority
+
+    @property
+    def key_id(self) -> str:
+        return self.request.key_id
+
 
 @dataclass
 class _Shared:
     """State both threads touch; guarded by ``Scheduler._cond``."""
 
-    waiting: deque[_Sequence] = field(default_factory=deque)
+    waiting: WaitQueue[_Sequence] = field(default_factory=WaitQueue)
     cancelled: set[int] = field(default_factory=set)
     running: bool = True
     accepting: bool = True
@@ -102,15 +81,19 @@ class Scheduler:
         max_queue: int = 64,
         hooks: SchedulerHooks | None = None,
         request_timeout: float = 0.0,
+        max_queue_per_key: int = 0,
+        key_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.engine = engine
         self.max_queue = max_queue
+        self.max_queue_per_key = max_queue_per_key  # 0 = only max_queue bounds a key
         self.request_timeout = request_timeout  # seconds from submit to the last token; 0 = none
         self.hooks: SchedulerHooks = hooks or NoHooks()
         self.n_slots = engine.info.n_slots
         self._eog = engine.info.eog_tokens
         self._cond = threading.Condition()
-        self._shared = _Shared()
+        self._shared = _Shared(WaitQueue(key_weights))
+        self._outbox = Outbox()  # engine thread only
         self._ids = itertools.count(1)
         self._active: dict[int, _Sequence] = {}  # slot -> sequence; engine thread only
         self._slot_last_used = [0.0] * self.n_slots
@@ -143,6 +126,11 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._shared.waiting)
 
+    def waiting_by_key(self) -> dict[str, int]:
+        """Waiting sequences per API key id (keys with none are left out)."""
+        with self._cond:
+            return self._shared.waiting.counts()
+
     @property
     def busy(self) -> int:
         return self._busy
@@ -163,13 +151,19 @@ class Scheduler:
             if not self._shared.accepting:
                 raise ServiceUnavailableError("The server is shutting down.")
             # Waiting requests that free slots will take at the next step are not "queued".
-            queued = len(self._shared.waiting) - (self.n_slots - self._busy)
+            free = self.n_slots - self._busy
+            queued = len(self._shared.waiting) - free
             if queued >= self.max_queue:
                 self.hooks.request_rejected("queue_full")
                 raise QueueFullError(self.retry_after())
-            handle = RequestHandle(self, next(self._ids), loop)
+            # The same for one key: those of its waiting requests that free slots take are not queued.
+            key_queued = self._shared.waiting.count(request.key_id) - max(0, free)
+            if self.max_queue_per_key and queued >= 0 and key_queued >= self.max_queue_per_key:
+                self.hooks.request_rejected("key_queue_full")
+                raise KeyQueueFullError(self.retry_after())
+            handle = RequestHandle(next(self._ids), loop, self._cancel)
             seq = _Sequence(request, handle, time.monotonic(), TextStream(request.stop))
-            self._shared.waiting.append(seq)
+            self._shared.waiting.push(seq)
             self.hooks.request_queued()
             self._cond.notify()
         return handle
@@ -210,6 +204,7 @@ class Scheduler:
                 self._fail_active("the engine loop failed")
             try:
                 # Every pass, not only after a decode: a cancel or a failed start changes the gauges too.
+                self._outbox.flush()
                 self.hooks.step_done(
                     len(self._active), len(self._shared.waiting), self.engine.n_cached_cells(), step_error
                 )
@@ -217,6 +212,7 @@ class Scheduler:
                 log.exception("the step_done hook failed")
             self.last_step_finished = time.monotonic()
         self._shutdown()
+        self._outbox.flush()
 
     def _reset_engine(self) -> None:
         # Every request of the failed step has been failed and released, so only idle slots' cached
@@ -231,7 +227,7 @@ class Scheduler:
     def _fail_active(self, what: str) -> None:
         log.exception("%s; failing requests %s", what, [s.request.request_id for s in self._active.values()])
         for seq in list(self._active.values()):
-            seq.handle._push(ErrorEvent(EngineError(what)))
+            self._outbox.push(seq.handle, ErrorEvent(EngineError(what)))
             try:
                 self._finish(seq, FinishReason.ERROR, keep_cache=False, notify=False)
             except Exception:
@@ -250,30 +246,27 @@ class Scheduler:
                     limit,
                     seq.generated,
                 )
-                seq.handle._push(ErrorEvent(RequestTimeoutError(limit)))
+                self._outbox.push(seq.handle, ErrorEvent(RequestTimeoutError(limit)))
                 self._finish(seq, FinishReason.ERROR, notify=False)
         with self._cond:
-            overdue = [s for s in self._shared.waiting if now - s.submitted_at > limit]
-            if overdue:
-                self._shared.waiting = deque(s for s in self._shared.waiting if now - s.submitted_at <= limit)
+            overdue = self._shared.waiting.remove_if(lambda s: now - s.submitted_at > limit)
         for seq in overdue:
             log.warning("request %s passed the %g s request timeout while queued", seq.request.request_id, limit)
-            seq.handle._push(ErrorEvent(RequestTimeoutError(limit)))
+            self._outbox.push(seq.handle, ErrorEvent(RequestTimeoutError(limit)))
             self.hooks.request_finished(FinishReason.ERROR, len(seq.request.prompt_tokens), 0, now - seq.submitted_at)
 
     def _drop_cancelled_waiting(self, cancelled: set[int]) -> None:
         # A client that left while queued never takes a slot.
-        kept = deque(s for s in self._shared.waiting if s.handle.seq_id not in cancelled)
-        for seq in self._shared.waiting:
-            if seq.handle.seq_id in cancelled:
-                self.hooks.request_finished(FinishReason.CANCELLED, len(seq.request.prompt_tokens), 0, 0.0)
-        self._shared.waiting = kept
+        if not cancelled:
+            return
+        for seq in self._shared.waiting.remove_if(lambda s: s.handle.seq_id in cancelled):
+            self.hooks.request_finished(FinishReason.CANCELLED, len(seq.request.prompt_tokens), 0, 0.0)
 
     def _take_admissions(self) -> list[_Sequence]:
         free = [s for s in range(self.n_slots) if s not in self._active]
         taken: list[_Sequence] = []
         while free and self._shared.waiting:
-            seq = self._shared.waiting.popleft()
+            seq = self._shared.waiting.pop()
             seq.slot = self._choose_slot(free, seq.request.prompt_tokens)
             free.remove(seq.slot)
             self._active[seq.slot] = seq
@@ -300,10 +293,12 @@ class Scheduler:
             log.warning("request %s could not start: %s", seq.request.request_id, exc)
             del self._active[seq.slot]
             self._busy = len(self._active)
-            seq.handle._push(ErrorEvent(exc if isinstance(exc, EngineError) else EngineError(str(exc))))
+            self._outbox.push(seq.handle, ErrorEvent(exc if isinstance(exc, EngineError) else EngineError(str(exc))))
             return
-        seq.handle._mark_admitted()
-        self.hooks.request_started(now - seq.submitted_at, len(seq.request.prompt_tokens), seq.cached)
+        self._outbox.admitted(seq.handle)
+        self.hooks.request_started(
+            now - seq.submitted_at, len(seq.request.prompt_tokens), seq.cached, seq.request.priority
+        )
 
     def _step(self) -> bool:
         """One decode over every active slot; True when it failed."""
@@ -316,7 +311,7 @@ class Scheduler:
             )
             for seq in list(self._active.values()):
                 error = exc if isinstance(exc, EngineError) else EngineError(str(exc))
-                seq.handle._push(ErrorEvent(error))
+                self._outbox.push(seq.handle, ErrorEvent(error))
                 self._finish(seq, FinishReason.ERROR, keep_cache=False, notify=False)
             self._reset_engine()
             return True
@@ -340,7 +335,7 @@ class Scheduler:
         seq.generated += 1
         piece = self.engine.token_bytes(out.token)
         text = seq.stream.push(piece)
-        seq.handle._push(TokenEvent(out.token, text, piece, out.logprob, out.top_logprobs))
+        self._outbox.push(seq.handle, TokenEvent(out.token, text, piece, out.logprob, out.top_logprobs))
         if seq.stream.stopped:
             self._finish(seq, FinishReason.STOP)
         elif seq.generated >= seq.request.max_tokens or self.engine.slot_is_full(seq.slot):
@@ -358,15 +353,17 @@ class Scheduler:
         self.hooks.request_finished(reason, len(seq.request.prompt_tokens), seq.generated, e2e)
         if notify and reason is not FinishReason.CANCELLED:
             tail = seq.stream.finish()
-            seq.handle._push(
-                FinishEvent(reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached, seq.stream.matched)
+            self._outbox.push(
+                seq.handle,
+                FinishEvent(
+                    reason, tail, len(seq.request.prompt_tokens), seq.generated, seq.cached, seq.stream.matched
+                ),
             )
 
     def _shutdown(self) -> None:
         for seq in list(self._active.values()):
-            seq.handle._push(ErrorEvent(ServiceUnavailableError("The server is shutting down.")))
+            self._outbox.push(seq.handle, ErrorEvent(ServiceUnavailableError("The server is shutting down.")))
             self._finish(seq, FinishReason.CANCELLED, keep_cache=False, notify=False)
         with self._cond:
-            for seq in self._shared.waiting:
-                seq.handle._push(ErrorEvent(ServiceUnavailableError("The server is shutting down.")))
-            self._shared.waiting.clear()
+            for seq in self._shared.waiting.clear():
+                self._outbox.push(seq.handle, ErrorEvent(ServiceUnavailableError("The server is shutting down.")))

@@ -38,7 +38,7 @@ from server.protocol import (
 from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_chat_request, refuse_unsupported
-from server.services.pipeline import ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
 from server.services.tool_stream import choice_streamer
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ChatService:
         refuse_unsupported(req.model_extra or {}, UNSUPPORTED_CHAT_FIELDS)
         return plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, self.template.tool_style)
 
-    def prepare(self, req: ChatCompletionRequest, request_id: str) -> PreparedChat:
+    def prepare(self, req: ChatCompletionRequest, request_id: str, caller: Caller = ANONYMOUS) -> PreparedChat:
         """Check, render and tokenize (blocking: the service calls it in a worker thread)."""
         plan = self._checked_plan(req)
         self.pipeline.log_caller("chat completion", req, request_id)
@@ -139,6 +139,7 @@ class ChatService:
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
             grammar=grammar,
             grammar_param=grammar_param,
+            caller=caller,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage)
@@ -170,9 +171,9 @@ class ChatService:
 
     # ---- running ----------------------------------------------------------------------------
 
-    async def start(self, req: ChatCompletionRequest, request_id: str) -> ChatGeneration:
+    async def start(self, req: ChatCompletionRequest, request_id: str, caller: Caller = ANONYMOUS) -> ChatGeneration:
         """Prepare (off the event loop) and submit; every refusal is raised before any output."""
-        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id))
+        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id, caller))
         return ChatGeneration(self, prepared, self.pipeline.submit(prepared.generation))
 
 

@@ -23,7 +23,7 @@ from server.protocol import (
 from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_generation_fields, refuse_unsupported
-from server.services.pipeline import ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
 from server.services.sampling import check_token_ids
 
 _REASONS = {
@@ -84,7 +84,7 @@ class CompletionService:
         echo = ["".join(self.pipeline.token_text(t)[0] for t in ids) for ids in lists]
         return lists, echo
 
-    def prepare(self, req: CompletionRequest, request_id: str) -> PreparedCompletion:
+    def prepare(self, req: CompletionRequest, request_id: str, caller: Caller = ANONYMOUS) -> PreparedCompletion:
         """Check and tokenize (blocking: the service calls it in a worker thread)."""
         self._check(req)
         self.pipeline.log_caller("completion", req, request_id)
@@ -99,12 +99,13 @@ class CompletionService:
             top_logprobs=req.logprobs,
             grammar=req.grammar,
             grammar_param="grammar" if req.grammar is not None else None,
+            caller=caller,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return PreparedCompletion(generation, echo_texts, bool(req.echo), req.logprobs, bool(req.stream), include_usage)
 
-    async def start(self, req: CompletionRequest, request_id: str) -> CompletionGeneration:
-        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id))
+    async def start(self, req: CompletionRequest, request_id: str, caller: Caller = ANONYMOUS) -> CompletionGeneration:
+        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id, caller))
         return CompletionGeneration(self.pipeline, prepared, self.pipeline.submit(prepared.generation))
 
 

@@ -57,6 +57,17 @@ WireFinish = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as the scheduler needs it: an API key's short id and its default priority."""
+
+    key_id: str = ""  # "" = no API key (all such requests share one place in the fair share)
+    priority: int = 0  # for requests that give no ``priority`` of their own
+
+
+ANONYMOUS = Caller()
+
+
+@dataclass(frozen=True)
 class PreparedGeneration:
     """A checked request, ready to submit: its prompts as tokens and one scheduler request per choice.
 
@@ -155,16 +166,21 @@ class Pipeline:
         top_logprobs: int | None,
         grammar: str | None,
         grammar_param: str | None = None,
+        caller: Caller = ANONYMOUS,
     ) -> PreparedGeneration:
         """Size each prompt's choices to the context and give each its sampling settings."""
         params = choice_params(req, self.info, n, top_logprobs=top_logprobs, grammar=grammar)
         stop = stop_strings(req)
+        priority = req.priority if req.priority is not None else caller.priority
         requests: list[GenerationRequest] = []
         for prompt in prompts:
             budget = token_budget(len(prompt), max_tokens, self.info.n_ctx_per_seq, param=prompt_param)
             if budget == 0:
                 continue
-            requests += [GenerationRequest(prompt, p, budget, stop, request_id) for p in params]
+            requests += [
+                GenerationRequest(prompt, p, budget, stop, request_id, priority=priority, key_id=caller.key_id)
+                for p in params
+            ]
         return PreparedGeneration(request_id, prompts, n, requests, grammar_param)
 
     # ---- submit -------------------------------------------------------------------------------

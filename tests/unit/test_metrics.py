@@ -122,13 +122,14 @@ async def test_a_finished_request_is_counted_once_with_its_sizes(scheduler: Sche
     # 11 bytes fall in the (8, 16] bucket.
     assert of_model(metrics, "llamaserve_request_generation_tokens_bucket", le="8.0") == 0
     assert of_model(metrics, "llamaserve_request_generation_tokens_bucket", le="16.0") == 1
-    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
+    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds"):
         assert of_model(metrics, f"llamaserve_{name}_count") == 1
+    assert of_model(metrics, "llamaserve_request_queue_time_seconds_count", priority="normal") == 1
     # The durations are the request's own: every engine step takes 2 ms, the first token comes out
     # of the first step and the reply takes 12 (11 bytes, then EOS); the queue wait is part of both.
     ttft = of_model(metrics, "llamaserve_time_to_first_token_seconds_sum")
     e2e = of_model(metrics, "llamaserve_e2e_request_latency_seconds_sum")
-    queued = of_model(metrics, "llamaserve_request_queue_time_seconds_sum")
+    queued = of_model(metrics, "llamaserve_request_queue_time_seconds_sum", priority="normal")
     assert ttft >= 0.002 and e2e >= 12 * 0.002
     assert 0 < queued < ttft < e2e
     assert of_model(metrics, "llamaserve_prompt_processing_seconds_count") == 1

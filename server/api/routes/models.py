@@ -9,6 +9,7 @@ from fastapi import Request
 from server.api.state import AppState, AppStatus
 from server.errors import ServiceUnavailableError
 from server.services.model import LoadedModel
+from server.services.pipeline import ANONYMOUS, Caller
 
 
 def app_state(request: Request) -> AppState:
@@ -29,6 +30,12 @@ async def model_for(request: Request, model: str | None) -> LoadedModel:
     state = app_state(request)
     check_serving(state)
     return await state.registry.get(model)
+
+
+def caller_of(request: Request) -> Caller:
+    """Who sent the request, as :class:`~server.api.security.SecurityMiddleware` found it."""
+    caller = getattr(request.state, "caller", ANONYMOUS)
+    return caller if isinstance(caller, Caller) else ANONYMOUS
 
 
 def new_request_id(prefix: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from server.api.routes.models import app_state, check_serving, model_for, new_request_id
+from server.api.routes.models import app_state, caller_of, check_serving, model_for, new_request_id
 from server.api.streaming import respond
 from server.protocol import (
     ChatCompletion,
@@ -39,13 +39,13 @@ async def retrieve_model(model_id: str, request: Request) -> Model:
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     model = await model_for(request, body.model)
-    return await respond(request, await model.chat.start(body, new_request_id("chatcmpl")))
+    return await respond(request, await model.chat.start(body, new_request_id("chatcmpl"), caller_of(request)))
 
 
 @router.post("/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     model = await model_for(request, body.model)
-    return await respond(request, await model.completions.start(body, new_request_id("cmpl")))
+    return await respond(request, await model.completions.start(body, new_request_id("cmpl"), caller_of(request)))
 
 
 @router.post("/embeddings", response_model=EmbeddingList)

@@ -1,8 +1,10 @@
 """What goes into one decode: the engine's one ``llama_batch`` and the plan that fills it.
 
-Generating slots come first, one token each, then chunks of pending prompts, oldest
-first, in what room is left (chunked prefill), so a long new prompt never stalls a
-running stream.
+Generating slots come first, one token each, then chunks of pending prompts in what room
+is left (chunked prefill), so a long new prompt never stalls a running stream. The room is
+shared among the pending prompts by a :class:`~server.engine.prefill.PrefillPolicy`
+(fair by default: a short prompt that arrives during a long one's prefill is not made to
+wait for all of it; first come, first served when fairness is off).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.engine.llama.slots import Slot
+from server.engine.prefill import PrefillPolicy
 
 
 class TokenBatch:
@@ -65,8 +68,15 @@ class Plan:
     sample_at: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, batch row of its logits)
 
 
-def plan_step(batch: TokenBatch, slots: Sequence[Slot], prefill_order: Sequence[Slot], *, n_ctx_seq: int) -> Plan:
-    """Fill ``batch`` for one step; the slots themselves are not changed."""
+def plan_step(
+    batch: TokenBatch,
+    slots: Sequence[Slot],
+    prefill_order: Sequence[Slot],
+    *,
+    n_ctx_seq: int,
+    policy: PrefillPolicy | None = None,
+) -> Plan:
+    """Fill ``batch`` for one step; the slots themselves are not changed (``policy`` takes its turn)."""
     plan = Plan()
     for s in slots:
         if s.next_token is not None and len(s.kv) < n_ctx_seq:  # a full slot is never scheduled
@@ -78,21 +88,27 @@ def plan_step(batch: TokenBatch, slots: Sequence[Slot], prefill_order: Sequence[
             plan.decoding.append((s, s.next_token))
             plan.sample_at.append((s, n))
             plan.n += 1
-    for s in prefill_order:
-        n = plan.n
-        room = batch.capacity - n
-        if room <= 0:
-            break
-        start = s.prompt_done
-        take = min(room, len(s.prompt) - start)
-        batch.token[n : n + take] = s.prompt[start : start + take]
-        batch.pos[n : n + take] = batch.arange[:take] + len(s.kv)
-        batch.logits[n : n + take] = 0
-        for i in range(n, n + take):
-            batch.set_seq(i, s.seq_id)
-        if start + take == len(s.prompt):
-            batch.logits[n + take - 1] = 1
-            plan.sample_at.append((s, n + take - 1))
-        plan.chunks.append((s, take))
-        plan.n += take
+    room = batch.capacity - plan.n
+    if not prefill_order or room <= 0:
+        return plan
+    needs = [len(s.prompt) - s.prompt_done for s in prefill_order]
+    takes = (policy or PrefillPolicy(fair=False)).shares(room, needs)
+    for s, take in zip(prefill_order, takes, strict=True):
+        if take > 0:
+            _add_chunk(batch, plan, s, take)
     return plan
+
+
+def _add_chunk(batch: TokenBatch, plan: Plan, s: Slot, take: int) -> None:
+    n = plan.n
+    start = s.prompt_done
+    batch.token[n : n + take] = s.prompt[start : start + take]
+    batch.pos[n : n + take] = batch.arange[:take] + len(s.kv)
+    batch.logits[n : n + take] = 0
+    for i in range(n, n + take):
+        batch.set_seq(i, s.seq_id)
+    if start + take == len(s.prompt):
+        batch.logits[n + take - 1] = 1
+        plan.sample_at.append((s, n + take - 1))
+    plan.chunks.append((s, take))
+    plan.n += take

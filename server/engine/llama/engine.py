@@ -7,8 +7,9 @@ which serialises requests):
 * one ``llama_context`` with ``n_seq_max = n_slots``; slot ``i`` is sequence id ``i``;
 * :meth:`LlamaEngine.step` builds ONE ``llama_batch``: first one token for every
   slot that is generating (so running streams are never starved by a long prompt),
-  then chunks of pending prompts up to ``n_batch`` tokens in all (chunked prefill),
-  and calls ``llama_decode`` once;
+  then chunks of pending prompts up to ``n_batch`` tokens in all (chunked prefill,
+  shared fairly among the pending prompts unless ``fair_prefill`` is off), and calls
+  ``llama_decode`` once;
 * every slot samples with its own ``llama_sampler`` chain, so seeds, penalties and
   grammars are per request;
 * each slot remembers which tokens its KV cells hold, so a new prompt that shares
@@ -51,6 +52,7 @@ from server.engine.base import (
 )
 from server.engine.llama.batch import Plan, TokenBatch, plan_step
 from server.engine.llama.context_params import generation_params
+from server.engine.llama.cpu import physical_cores
 from server.engine.llama.embeddings import LlamaEmbedder
 from server.engine.llama.loading import load_weights
 from server.engine.llama.model_info import read_model_info
@@ -58,6 +60,7 @@ from server.engine.llama.rpc import WorkerWatch
 from server.engine.llama.sampling import make_sampler, with_logprobs
 from server.engine.llama.slots import Slot, common_prefix
 from server.engine.llama.vocab import Vocab
+from server.engine.prefill import DEFAULT_MIN_CHUNK, PrefillPolicy
 
 
 class LlamaEngine:
@@ -77,6 +80,8 @@ class LlamaEngine:
         rpc_servers: Sequence[str] = (),
         tensor_split: Sequence[float] = (),
         on_worker_lost: Callable[[str, str], None] | None = None,
+        fair_prefill: bool = True,
+        prefill_min_chunk: int = DEFAULT_MIN_CHUNK,
     ) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be at least 1")
@@ -91,6 +96,8 @@ class LlamaEngine:
         self._embedders: list[LlamaEmbedder] = []
         # make_embedder runs in a worker thread: close must not free the model under it.
         self._embedders_lock = threading.Lock()
+        # How each step's prefill room is shared among pending prompts (see server.engine.prefill).
+        self._prefill_policy = PrefillPolicy(fair=fair_prefill, min_chunk=max(1, prefill_min_chunk))
         weights = load_weights(
             model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers, tensor_split=tensor_split
         )
@@ -136,7 +143,7 @@ class LlamaEngine:
             raise ValueError(f"n_slots={n_slots} exceeds llama.cpp's limit of {max_seqs} sequences")
         # Every generating slot needs a place in each batch.
         n_batch = max(n_batch, n_slots)
-        self._threads = n_threads or os.cpu_count() or 1
+        self._threads = n_threads or physical_cores()
         self._cparams = generation_params(
             n_ctx=n_ctx_per_seq * n_slots,
             n_batch=n_batch,
@@ -219,7 +226,9 @@ class LlamaEngine:
             raise EngineError("the engine is closed")
         if not self._ctx:
             raise EngineError("the engine has no context: recreating it failed")
-        plan = plan_step(self._batch, self._slots, self._prefill_order, n_ctx_seq=self._n_ctx_seq)
+        plan = plan_step(
+            self._batch, self._slots, self._prefill_order, n_ctx_seq=self._n_ctx_seq, policy=self._prefill_policy
+        )
         if plan.n == 0:
             return []
         rc = self._batch.decode(self._ctx, plan.n)

@@ -1,0 +1,98 @@
+"""Side by side with llama.cpp's own ``llama-server`` (``--compare-llama-server PATH``).
+
+Both servers are started on the bundled model with the same slots and per-slot context and the
+same default threads (llama.cpp's: the physical cores), and the same streaming load runs against
+each, interleaved round by round so that the machine's noise falls on both alike. Reported per
+level: aggregate tokens/s, ITL p50 and TTFT p95, each averaged over the rounds, and ours / theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from benchmarks.bench import LevelReport, free_port, run_level
+
+
+@contextmanager
+def llama_server(binary: str, model: str, parallel: int, ctx_per_slot: int) -> Iterator[str]:
+    port = free_port()
+    cmd = [binary, "-m", model, "--port", str(port), "-np", str(parallel), "-c", str(ctx_per_slot * parallel)]
+    proc = subprocess.Popen([*cmd, "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"llama-server exited with {proc.returncode}: {' '.join(cmd)}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("llama-server did not become ready in 120 s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _mean(reports: list[LevelReport], attr: str) -> float:
+    return round(statistics.fmean(getattr(r, attr) for r in reports), 4)
+
+
+def compare(
+    ours: str, theirs: str, levels: list[int], rounds: int, requests: int, max_tokens: int
+) -> dict[str, object]:
+    runs: dict[tuple[str, int], list[LevelReport]] = {}
+
+    async def one_round() -> None:
+        for n in levels:
+            for name, url in (("llamaserve", ours), ("llama-server", theirs)):
+                runs.setdefault((name, n), []).append(await run_level(url, n, requests, max_tokens))
+
+    async def warm() -> None:
+        for url in (ours, theirs):
+            await run_level(url, 1, 1, 8)
+
+    asyncio.run(warm())
+    for _ in range(rounds):
+        asyncio.run(one_round())
+    rows = []
+    for n in levels:
+        a, b = runs[("llamaserve", n)], runs[("llama-server", n)]
+        row: dict[str, object] = {"streams": n, "errors": sum(r.errors for r in a + b)}
+        for attr in ("tokens_per_second", "itl_p50", "ttft_p95"):
+            row[f"ours_{attr}"], row[f"theirs_{attr}"] = _mean(a, attr), _mean(b, attr)
+        row["tokens_per_second_ratio"] = round(row["ours_tokens_per_second"] / row["theirs_tokens_per_second"], 3)  # type: ignore[operator]
+        row["itl_p50_ratio"] = round(row["ours_itl_p50"] / row["theirs_itl_p50"], 3)  # type: ignore[operator]
+        row["ttft_p95_ratio"] = round(row["ours_ttft_p95"] / row["theirs_ttft_p95"], 3)  # type: ignore[operator]
+        rows.append(row)
+    return {"rounds": rounds, "requests_per_client": requests, "max_tokens": max_tokens, "levels": rows}
+
+
+def format_compare(result: dict[str, object]) -> str:
+    head = (
+        "| streams | tokens/s ours | tokens/s llama-server | ratio | ITL p50 ours | ITL p50 llama-server | ratio "
+        "| TTFT p95 ours | TTFT p95 llama-server | ratio |"
+    )
+    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["levels"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {r['streams']} | {r['ours_tokens_per_second']:.1f} | {r['theirs_tokens_per_second']:.1f} "
+            f"| {r['tokens_per_second_ratio']:.2f}x | {r['ours_itl_p50'] * 1000:.1f} ms "
+            f"| {r['theirs_itl_p50'] * 1000:.1f} ms | {r['itl_p50_ratio']:.2f}x | {r['ours_ttft_p95'] * 1000:.0f} ms "
+            f"| {r['theirs_ttft_p95'] * 1000:.0f} ms | {r['ttft_p95_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
