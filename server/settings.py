@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(default=0, ge=0, description="layers to offload to a GPU (999 = all)")
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot before 429")
+    # ---- prompt cache (server/engine/prompt_cache/) ----
+    cache_ram: int | None = Field(
+        default=None,
+        ge=0,
+        description="MiB of host RAM per model for prompt states evicted from the slots "
+        "(default: a quarter of available memory, at most 8192; 0 = off)",
+    )
+    cache_min_tokens: int = Field(
+        default=256, ge=1, description="shortest prompt prefix worth saving to or restoring from the prompt cache"
+    )
+    cache_dir: str | None = Field(
+        default=None, description="directory for prompt states that survive a restart (default: none, RAM only)"
+    )
+    cache_disk: int = Field(default=10240, ge=1, description="MiB of prompt states kept in --cache-dir per model")
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
     )
