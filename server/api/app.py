@@ -49,6 +49,7 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         request_timeout=settings.request_timeout,
     )
     hooks.watch(scheduler)
+    hooks.watch_cache(engine.cache_stats)
     scheduler.start()
     return LoadedModel.serve(
         model_id,
