@@ -167,8 +167,12 @@ def test_disk_evicts_the_least_recently_used_files_to_stay_within_its_bytes(tmp_
     for e in (a, b):
         tier.submit(e)
     tier.close()
+    for path in tmp_path.rglob(f"*{SUFFIX}"):  # written an hour ago (file times may be coarser than a test)
+        os.utime(path, (path.stat().st_mtime - 3600,) * 2)
     tier = disk(tmp_path, capacity=2 * one, stats=stats)
-    assert tier.load(a.key) is not None  # a is now the most recently used
+    assert tier.load(a.key) is not None  # a is now the most recently used, also after a restart
+    tier.close()
+    tier = disk(tmp_path, capacity=2 * one, stats=stats)
     tier.submit(c)
     tier.close()
     names = {p.stem for p in tmp_path.rglob(f"*{SUFFIX}")}
