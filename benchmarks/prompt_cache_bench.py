@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -180,28 +180,33 @@ async def workload(url: str, config: str, args: argparse.Namespace) -> Report:
 
 @contextmanager
 def serving(cmd: list[str], port: int) -> Iterator[str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{cmd[0]} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{cmd[0]} did not become ready in 180 s")
-            time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
+    # The log goes to a file: an unread pipe fills up and blocks a chatty server (llama-server) mid-run.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            yield wait_ready(proc, f"http://127.0.0.1:{port}", errors)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, errors: IO[bytes]) -> str:
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            errors.seek(0)
+            raise SystemExit(f"{proc.args!r} exited: {errors.read().decode(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{proc.args!r} did not become ready in 180 s")
+        time.sleep(0.25)
 
 
 def llamaserve_cmd(port: int, args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -253,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     with tempfile.TemporaryDirectory(prefix="llamaserve-cache-") as cache_dir:
         for config in configs:
-            summaries.append(run_config(config, args, cache_dir).summary())
+            try:
+                summaries.append(run_config(config, args, cache_dir).summary())
+            except (SystemExit, httpx.HTTPError) as exc:  # one server's failure leaves the others' figures
+                log.error("%s failed: %s", config, exc)
     by = {str(s["config"]): s for s in summaries}
     ratios: dict[str, float] = {}
     if "ram" in by and "llama-server" in by:
