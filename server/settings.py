@@ -109,6 +109,20 @@ class Settings(BaseSettings):
         default=True,
         description="share each step's prompt processing among waiting prompts (off: first come, first served)",
     )
+    # ---- prompt cache (server/engine/prompt_cache/) ----
+    cache_ram: int | None = Field(
+        default=None,
+        ge=0,
+        description="MiB of host RAM per model for prompt states evicted from the slots "
+        "(default: a quarter of available memory, at most 8192; 0 = off)",
+    )
+    cache_min_tokens: int = Field(
+        default=256, ge=1, description="shortest prompt prefix worth saving to or restoring from the prompt cache"
+    )
+    cache_dir: str | None = Field(
+        default=None, description="directory for prompt states that survive a restart (default: none, RAM only)"
+    )
+    cache_disk: int = Field(default=10240, ge=1, description="MiB of prompt states kept in --cache-dir per model")
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
     )

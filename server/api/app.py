@@ -52,6 +52,7 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         key_weights={key_id(k.key): k.weight for k in settings.keys},
     )
     hooks.watch(scheduler)
+    hooks.watch_cache(engine.cache_stats)
     scheduler.start()
     return LoadedModel.serve(
         model_id,

@@ -11,8 +11,10 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.engine.base import Engine
+from server.engine.prompt_cache.cache import PromptCacheConfig
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ EngineFactory = Callable[[Settings], Engine]
 # and needs it to serve the fake engine. The value is a JSON object of FakeEngine arguments ("reply"
 # a fixed string). Deliberately not a setting: it is in no --help, config file or README table.
 FAKE_ENGINE_ENV = "_LLAMASERVE_FAKE_ENGINE"
+
+DEFAULT_CACHE_RAM = 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ def load_llama_engine(settings: Settings) -> Engine:
     from server.engine.llama.model_files import default_model_id, resolve_model_path
 
     path = resolve_model_path(settings.model)
+    cache = prompt_cache_config(settings)
     engine = LlamaEngine(
         str(path),
         model_id=settings.alias or default_model_id(path),
@@ -51,6 +56,7 @@ def load_llama_engine(settings: Settings) -> Engine:
         tensor_split=settings.tensor_split,
         on_worker_lost=exit_for_lost_worker,
         fair_prefill=settings.fair_prefill,
+        prompt_cache=cache,
     )
     info = engine.info
     log.info(
@@ -60,6 +66,13 @@ def load_llama_engine(settings: Settings) -> Engine:
         info.n_ctx_per_seq,
         info.kv_cache_bytes / 2**20,
     )
+    if cache is not None:
+        log.info(
+            "prompt cache: %d MiB of RAM%s, prefixes of %d tokens or more",
+            cache.ram_bytes // 2**20,
+            f", {cache.disk_bytes // 2**20} MiB in {cache.disk_dir}" if cache.disk_dir else "",
+            cache.min_tokens,
+        )
     return engine
 
 
@@ -72,6 +85,24 @@ def exit_for_lost_worker(endpoint: str, why: str) -> None:
     log.critical("the RPC worker %s is gone (%s): exiting; restart the head once the worker is back", endpoint, why)
     logging.shutdown()
     os._exit(3)
+
+
+def prompt_cache_config(settings: Settings) -> PromptCacheConfig | None:
+    """The prompt cache the settings ask for; None when it is off (no RAM and no directory)."""
+    from server.engine.llama.model_files import mem_available_bytes
+
+    if settings.cache_ram is not None:
+        ram = settings.cache_ram * 2**20
+    else:
+        # Like llama-server's --cache-ram 8192, but never more than a quarter of what is free.
+        available = mem_available_bytes()
+        ram = min(DEFAULT_CACHE_RAM, available // 4) if available is not None else DEFAULT_CACHE_RAM
+    disk_dir = Path(settings.cache_dir) if settings.cache_dir else None
+    if ram == 0 and disk_dir is None:
+        return None
+    return PromptCacheConfig(
+        ram_bytes=ram, min_tokens=settings.cache_min_tokens, disk_dir=disk_dir, disk_bytes=settings.cache_disk * 2**20
+    )
 
 
 def fake_engine_from_env() -> EngineSource | None:

@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from server.engine.prompt_cache.stats import CacheStats
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"
@@ -196,8 +198,23 @@ class Engine(Protocol):
         """How many leading tokens of ``prompt`` slot already holds in its KV cells."""
         ...
 
+    def slot_loss(self, slot: int, prompt: Sequence[int]) -> int:
+        """How many tokens held in the slot's cells would be lost for good if it began ``prompt``.
+
+        Those past their common prefix with ``prompt``, unless a prompt cache keeps them; 0 for an
+        empty slot. The scheduler gives a new prompt the slot whose loss costs least.
+        """
+        ...
+
+    def cache_stats(self) -> CacheStats | None:
+        """The prompt cache's counters (None: no prompt cache). Safe to call from any thread."""
+        ...
+
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
         """Start a sequence in a free slot; returns how many prompt tokens were reused.
+
+        Reused tokens come from the slot's cells, another slot's, or a prompt cache; each counts
+        as cached in the response's usage.
 
         Raises a :class:`SequenceRefusedError` (and leaves the slot as it was) for a
         sequence it cannot run.

@@ -32,6 +32,7 @@ from server.engine.base import (
     TokenOutOfRangeError,
 )
 from server.engine.prefill import DEFAULT_MIN_CHUNK, PrefillPolicy
+from server.engine.prompt_cache.stats import CacheStats
 
 BOS = 256
 EOS = 257
@@ -135,6 +136,19 @@ class FakeEngine:
                 break
             n += 1
         return max(0, min(n, len(prompt) - 1))
+
+    def slot_loss(self, slot: int, prompt: Sequence[int]) -> int:
+        # No prompt cache: whatever the prompt does not share is gone.
+        cache = self._slots[slot].cache
+        shared = 0
+        for a, b in zip(cache, prompt, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return len(cache) - shared
+
+    def cache_stats(self) -> CacheStats | None:
+        return None
 
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
         # The same refusals, in the same order, as the llama.cpp engine: the slot stays untouched.

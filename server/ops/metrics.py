@@ -31,6 +31,7 @@ Counting rules, so the numbers add up for an operator:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,11 +44,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from server.engine.base import FinishReason, ModelInfo
+from server.engine.prompt_cache.stats import RESTORE_BUCKETS, TIERS, CacheStats
 
 PREFIX = "llamaserve"
 
@@ -147,6 +149,8 @@ class Metrics:
         self.registry.register(self.waiting_by_key)
         self._models: dict[str, ModelMetrics] = {}
         self._models_lock = threading.Lock()
+        self.prompt_cache = PromptCacheCollector()
+        self.registry.register(self.prompt_cache)
 
     # Declarations only, grouped by kind; every per-model series carries the "model" label.
 
@@ -222,7 +226,7 @@ class Metrics:
         self.generation_tokens = Counter(f"{p}_generation_tokens", "Tokens generated.", m, registry=r)
         self.prompt_cache_hit_tokens = Counter(
             f"{p}_prompt_cache_hit_tokens",
-            "Prompt tokens reused from a slot's KV cache instead of recomputed.",
+            "Prompt tokens reused instead of recomputed: from a slot's KV cells or restored from the prompt cache.",
             m,
             registry=r,
         )
@@ -308,6 +312,71 @@ class Metrics:
         self.requests_rejected.labels(reason=reason).inc()
 
 
+CacheStatsSource = Callable[[], CacheStats | None]
+
+
+class PromptCacheCollector(Collector):
+    """The prompt cache series, read from each engine's counters at scrape time.
+
+    They belong to the engine: a model unloaded takes them out of the exposition, and a model
+    loaded again counts from 0 (a counter reset, which ``rate()`` expects).
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, CacheStatsSource] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, model_id: str, source: CacheStatsSource) -> None:
+        with self._lock:
+            self._sources[model_id] = source
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._sources.pop(model_id, None)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            sources = dict(self._sources)
+        return self._families({m: s for m, source in sources.items() if (s := source()) is not None})
+
+    @staticmethod
+    def _families(stats: dict[str, CacheStats]) -> list[Metric]:
+        p, mt = f"{PREFIX}_prompt_cache", ["model", "tier"]
+        hits = CounterMetricFamily(f"{p}_hits", "Prompts whose prefix was restored from this tier.", labels=mt)
+        misses = CounterMetricFamily(
+            f"{p}_misses", "Prompts this tier was asked for and held no longer prefix of.", labels=mt
+        )
+        evictions = CounterMetricFamily(f"{p}_evictions", "States dropped from this tier to make room.", labels=mt)
+        used = GaugeMetricFamily(f"{p}_bytes", "Bytes of saved states held in this tier.", labels=mt)
+        entries = GaugeMetricFamily(f"{p}_entries", "Saved states held in this tier.", labels=mt)
+        corrupt = CounterMetricFamily(
+            f"{p}_corrupt_files", "Cache files found truncated or corrupt, deleted unread.", labels=["model"]
+        )
+        restore = HistogramMetricFamily(
+            f"{p}_restore_seconds",
+            "Time to restore a cached prefix into a slot (disk read included).",
+            labels=["model"],
+        )
+        for model, s in stats.items():
+            for tier in TIERS:
+                t = s.tier(tier)
+                hits.add_metric([model, tier], t.hits)
+                misses.add_metric([model, tier], t.misses)
+                evictions.add_metric([model, tier], t.evictions)
+                used.add_metric([model, tier], t.bytes)
+                entries.add_metric([model, tier], t.entries)
+            corrupt.add_metric([model], s.corrupt_files)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*RESTORE_BUCKETS, float("inf")), s.restore_counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+            restore.add_metric([model], buckets, s.restore_seconds_sum)
+        return [hits, misses, evictions, used, entries, corrupt, restore]
+
+
 @dataclass
 class _Gauges:
     """One loaded model's gauge series; dropped whole when the model is unloaded."""
@@ -390,8 +459,13 @@ class ModelMetrics:
             gauges.waiting.set_function(lambda: scheduler.waiting)
         self._metrics.waiting_by_key.watch(self.id, scheduler)
 
+    def watch_cache(self, source: CacheStatsSource) -> None:
+        """Read the prompt cache series from ``source`` (an engine's ``cache_stats``) at scrape time."""
+        self._metrics.prompt_cache.watch(self.id, source)
+
     def forget(self) -> None:
-        """The model was unloaded: drop its gauges and info series; counters and histograms stay."""
+        """The model was unloaded: drop its gauges, info and prompt cache series; other counters stay."""
+        self._metrics.prompt_cache.forget(self.id)
         with self._lock:
             if self._gauges is None:
                 return

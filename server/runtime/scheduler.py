@@ -275,9 +275,14 @@ class Scheduler:
         return taken
 
     def _choose_slot(self, free: list[int], prompt: Sequence[int]) -> int:
-        # Longest cached prefix wins; among equals, the least recently used slot, so that
-        # caches other conversations may come back to survive longest.
-        return max(free, key=lambda s: (self.engine.cached_prefix_len(s, prompt), -self._slot_last_used[s]))
+        # Longest cached prefix wins. Among equals, the slot whose loss costs least: one that loses
+        # nothing (empty, or kept by the engine's prompt cache), then the least recently used, so
+        # that caches other conversations may come back to survive longest.
+        def cost(s: int) -> tuple[int, bool, float]:
+            lossless = self.engine.slot_loss(s, prompt) == 0
+            return self.engine.cached_prefix_len(s, prompt), lossless, -self._slot_last_used[s]
+
+        return max(free, key=cost)
 
     def _release_cancelled(self, cancelled: set[int]) -> None:
         for seq in list(self._active.values()):

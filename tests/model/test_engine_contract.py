@@ -158,3 +158,12 @@ def test_end_of_generation_tokens_include_eos_and_render_as_nothing(engine: Engi
     assert all(0 <= t < info.n_vocab for t in info.eog_tokens)
     assert engine.token_bytes(info.eos_token) == b""
     assert engine.token_bytes(65) == b"A"
+
+
+def test_a_slot_loses_what_a_new_prompt_does_not_share(engine: Engine) -> None:
+    prefill(engine, 0, PROMPT)
+    engine.release(0)
+    assert engine.slot_loss(1, PROMPT) == 0  # an empty slot has nothing to lose
+    assert engine.slot_loss(0, [*PROMPT, 1, 2]) == 0  # the same conversation, one turn on
+    assert engine.slot_loss(0, [*PROMPT[:10], 200]) == len(PROMPT) - 10
+    assert engine.cache_stats() is None  # neither engine here has a prompt cache

@@ -9,6 +9,7 @@ import pytest
 
 from server.engine.base import FinishReason, SamplingParams
 from server.engine.fake import FakeEngine
+from server.engine.prompt_cache.stats import RESTORE_BUCKETS, CacheStats, TierStats
 from server.errors import QueueFullError
 from server.ops.metrics import Metrics, ModelMetrics
 from server.runtime.events import FinishEvent, GenerationRequest, TokenEvent
@@ -362,3 +363,37 @@ async def test_watched_gauges_read_each_models_scheduler(engine: FakeEngine, met
     finally:
         s.stop()
         t.stop()
+
+
+def test_prompt_cache_series_are_read_from_the_engine_at_scrape_time(metrics: Metrics, model: ModelMetrics) -> None:
+    stats = CacheStats(
+        ram=TierStats(hits=3, misses=2, evictions=1, bytes=4096, entries=2),
+        disk=TierStats(hits=1, bytes=8192, entries=4),
+        corrupt_files=1,
+        restore_counts=(0, 2, *[0] * (len(RESTORE_BUCKETS) - 1)),
+        restore_seconds_sum=0.0015,
+    )
+    current: list[CacheStats | None] = [None]
+    model.watch_cache(lambda: current[0])
+    assert (
+        metrics.registry.get_sample_value("llamaserve_prompt_cache_hits_total", {"model": MODEL, "tier": "ram"}) is None
+    )
+    current[0] = stats
+    assert of_model(metrics, "llamaserve_prompt_cache_hits_total", tier="ram") == 3
+    assert of_model(metrics, "llamaserve_prompt_cache_hits_total", tier="disk") == 1
+    assert of_model(metrics, "llamaserve_prompt_cache_misses_total", tier="ram") == 2
+    assert of_model(metrics, "llamaserve_prompt_cache_evictions_total", tier="ram") == 1
+    assert of_model(metrics, "llamaserve_prompt_cache_bytes", tier="disk") == 8192
+    assert of_model(metrics, "llamaserve_prompt_cache_entries", tier="ram") == 2
+    assert of_model(metrics, "llamaserve_prompt_cache_corrupt_files_total") == 1
+    assert of_model(metrics, "llamaserve_prompt_cache_restore_seconds_bucket", le="0.0005") == 0
+    assert of_model(metrics, "llamaserve_prompt_cache_restore_seconds_bucket", le="0.001") == 2
+    assert of_model(metrics, "llamaserve_prompt_cache_restore_seconds_bucket", le="+Inf") == 2
+    assert of_model(metrics, "llamaserve_prompt_cache_restore_seconds_count") == 2
+    assert of_model(metrics, "llamaserve_prompt_cache_restore_seconds_sum") == 0.0015
+    text, _ = metrics.render(None)
+    assert b'llamaserve_prompt_cache_hits_total{model="fake-model",tier="ram"} 3.0' in text
+    model.forget()  # unloaded: the engine and its counters are gone
+    assert (
+        metrics.registry.get_sample_value("llamaserve_prompt_cache_hits_total", {"model": MODEL, "tier": "ram"}) is None
+    )

@@ -171,3 +171,20 @@ async def test_bad_request_at_begin_fails_only_that_request(scheduler: Scheduler
     assert isinstance(ev, ErrorEvent)
     text, _ = await collect(scheduler.submit(request()))
     assert text == "hello world"
+
+
+async def test_a_new_prompt_takes_the_slot_that_loses_nothing_before_the_least_recently_used() -> None:
+    engine = FakeEngine(reply=lambda p: "x" * 10_000 if "slow" in p else "ok", n_slots=2, step_delay=0.001)
+    s = Scheduler(engine)
+    s.start()
+    try:
+        await collect(s.submit(request("conversation a")))  # slot 0 keeps it
+        slow = s.submit(request("slow b"))  # the empty slot 1, then cancelled: empty again, and most recent
+        await slow.admitted.wait()
+        slow.cancel()
+        await wait_for(lambda: s.busy == 0 and engine.active_slots() == 0)
+        await collect(s.submit(request("zzz")))  # takes slot 1: slot 0 would lose conversation a
+        _, fin = await collect(s.submit(request("conversation a, again")))
+        assert isinstance(fin, FinishEvent) and fin.cached_tokens == len("conversation a")
+    finally:
+        s.stop()

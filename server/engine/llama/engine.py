@@ -16,6 +16,9 @@ which serialises requests):
   a prefix with them (a chat's earlier turns) decodes only the rest. With the
   unified KV cache a slot may also borrow a prefix from another slot: the cells are
   shared (``llama_memory_seq_cp``), not copied;
+* with a prompt cache (``prompt_cache=``), a slot's state is saved to host RAM (and
+  disk) before its cells are overwritten, and a later prompt sharing its prefix gets
+  it restored instead of recomputed (:mod:`server.engine.llama.prefix_reuse`);
 * sequences that begin with the very prompt another slot is still prefilling (the
   ``n`` choices of one request) wait for it, then share its cells and sample from
   its last logits, each with its own sampler: the prompt is computed once.
@@ -56,11 +59,16 @@ from server.engine.llama.cpu import physical_cores
 from server.engine.llama.embeddings import LlamaEmbedder
 from server.engine.llama.loading import load_weights
 from server.engine.llama.model_info import read_model_info
+from server.engine.llama.prefix_reuse import reuse_prefix, slot_loss
 from server.engine.llama.rpc import WorkerWatch
 from server.engine.llama.sampling import make_sampler, with_logprobs
-from server.engine.llama.slots import Slot, common_prefix
+from server.engine.llama.seq_state import cache_identity
+from server.engine.llama.slots import Slot
 from server.engine.llama.vocab import Vocab
 from server.engine.prefill import DEFAULT_MIN_CHUNK, PrefillPolicy
+from server.engine.prompt_cache.cache import PromptCache, PromptCacheConfig
+from server.engine.prompt_cache.keys import common_prefix
+from server.engine.prompt_cache.stats import CacheStats
 
 
 class LlamaEngine:
@@ -82,6 +90,7 @@ class LlamaEngine:
         on_worker_lost: Callable[[str, str], None] | None = None,
         fair_prefill: bool = True,
         prefill_min_chunk: int = DEFAULT_MIN_CHUNK,
+        prompt_cache: PromptCacheConfig | None = None,
     ) -> None:
         if n_slots < 1:
             raise ValueError("n_slots must be at least 1")
@@ -98,6 +107,7 @@ class LlamaEngine:
         self._embedders_lock = threading.Lock()
         # How each step's prefill room is shared among pending prompts (see server.engine.prefill).
         self._prefill_policy = PrefillPolicy(fair=fair_prefill, min_chunk=max(1, prefill_min_chunk))
+        self._cache: PromptCache | None = None
         weights = load_weights(
             model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers, tensor_split=tensor_split
         )
@@ -117,6 +127,11 @@ class LlamaEngine:
                 n_threads=n_threads,
                 kv_unified=kv_unified,
             )
+            if prompt_cache is not None and (prompt_cache.ram_bytes > 0 or prompt_cache.disk_dir is not None):
+                identity = cache_identity(
+                    model_path, self._cparams, n_ctx_per_seq=self._n_ctx_seq, n_gpu_layers=n_gpu_layers
+                )
+                self._cache = PromptCache(prompt_cache, identity=identity)
         except BaseException:
             self.close()
             raise
@@ -191,6 +206,13 @@ class LlamaEngine:
 
     def cached_prefix_len(self, slot: int, prompt: Sequence[int]) -> int:
         return common_prefix(self._slot(slot).kv, list(prompt), len(prompt) - 1)
+
+    def slot_loss(self, slot: int, prompt: Sequence[int]) -> int:
+        return slot_loss(self._slot(slot), list(prompt), self._cache)
+
+    def cache_stats(self) -> CacheStats | None:
+        cache = self._cache
+        return cache.stats if cache is not None else None
 
     def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
         s = self._slot(slot)
@@ -362,6 +384,8 @@ class LlamaEngine:
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
+        if self._cache is not None:
+            self._cache.close()  # the disk tier finishes its pending writes
 
     # -- internals ----------------------------------------------------------------
 
@@ -371,33 +395,7 @@ class LlamaEngine:
         return self._slots[slot]
 
     def _reuse_prefix(self, s: Slot, prompt: list[int]) -> int:
-        """Trim the slot's cells to the longest reusable prefix of ``prompt``; return its length.
-
-        At least the last prompt token is always decoded again, for its logits.
-        """
-        limit = len(prompt) - 1
-        own = common_prefix(s.kv, prompt, limit)
-        donor: Slot | None = None
-        best = own
-        if self._kv_unified:
-            for other in self._slots:
-                if other is not s:
-                    n = common_prefix(other.kv, prompt, limit)
-                    if n > best:
-                        donor, best = other, n
-        mem = self._mem
-        if donor is not None:
-            llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
-            s.kv = prompt[:best]
-            return best
-        if own < len(s.kv):
-            # A partial removal can fail (recurrent models); a whole one never does.
-            if not llama_cpp.llama_memory_seq_rm(mem, s.seq_id, own, -1):
-                llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-                own = 0
-            del s.kv[own:]
-        return own
+        return reuse_prefix(self._ctx, self._slots, s, prompt, kv_unified=self._kv_unified, cache=self._cache)
 
     def _prefilling_same(self, prompt: list[int]) -> Slot | None:
         for other in self._prefill_order:

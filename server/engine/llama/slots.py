@@ -1,4 +1,4 @@
-"""A sequence slot of the llama.cpp engine, and the prefix arithmetic its cache reuse needs."""
+"""A sequence slot of the llama.cpp engine (its prefix arithmetic is :mod:`server.engine.prompt_cache.keys`)."""
 
 from __future__ import annotations
 
@@ -25,24 +25,3 @@ class Slot:
     @property
     def prefilling(self) -> bool:
         return self.active and self.prompt_done < len(self.prompt)
-
-
-def common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the common prefix of ``a`` and ``b``, at most ``limit``.
-
-    Bisects on slice equality, which runs in C: a few dozen list compares instead
-    of a Python loop over thousands of tokens.
-    """
-    hi = min(len(a), len(b), limit)
-    if hi <= 0 or a[0] != b[0]:
-        return 0
-    if a[:hi] == b[:hi]:
-        return hi
-    lo = 1  # a[:lo] == b[:lo] holds; a[:hi] == b[:hi] does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -1,0 +1,96 @@
+"""Where a new prompt's prefix comes from: the slot's own cells, another slot's, or the prompt cache.
+
+The engine calls :func:`reuse_prefix` when a slot begins a sequence. The longest source wins:
+
+* the slot's own cells, trimmed to the common prefix;
+* with the unified KV cache, another slot's cells, shared (``llama_memory_seq_cp``), not copied;
+* a state from the prompt cache (:mod:`server.engine.prompt_cache`), written into the slot and
+  trimmed to the common prefix.
+
+Before the slot's cells are overwritten or trimmed, their state goes into the prompt cache when it
+is long enough to be worth it, so the conversation they hold can come back without a prefill.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import llama_cpp
+
+from server.engine.llama.seq_state import restore_seq, save_seq
+from server.engine.llama.slots import Slot
+from server.engine.prompt_cache.cache import Hit, PromptCache
+from server.engine.prompt_cache.keys import common_prefix
+
+log = logging.getLogger(__name__)
+
+
+def reuse_prefix(
+    ctx: Any, slots: list[Slot], s: Slot, prompt: list[int], *, kv_unified: bool, cache: PromptCache | None
+) -> int:
+    """Fill the slot's cells with the longest reusable prefix of ``prompt``; return its length.
+
+    At least the last prompt token is always decoded again, for its logits.
+    """
+    mem = llama_cpp.llama_get_memory(ctx)
+    limit = len(prompt) - 1
+    own = common_prefix(s.kv, prompt, limit)
+    donor: Slot | None = None
+    best = own
+    if kv_unified:
+        for other in slots:
+            if other is not s:
+                n = common_prefix(other.kv, prompt, limit)
+                if n > best:
+                    donor, best = other, n
+    started = time.perf_counter()
+    hit = cache.lookup(prompt, limit, better_than=best) if cache and cache.worth_looking(limit - best) else None
+    if cache is not None and (own < len(s.kv) or donor or hit) and cache.worth_saving(s.kv):
+        _save(ctx, s, cache)
+    if hit is not None and cache is not None:
+        if _restore(ctx, mem, s, hit):
+            cache.restored(hit.n_tokens, time.perf_counter() - started)
+            s.kv = prompt[: hit.n_tokens]
+            return hit.n_tokens
+        own = 0  # the slot is empty now
+    if donor is not None:
+        llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
+        s.kv = prompt[:best]
+        return best
+    if own < len(s.kv):
+        # A partial removal can fail (recurrent models); a whole one never does.
+        if not llama_cpp.llama_memory_seq_rm(mem, s.seq_id, own, -1):
+            llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+            own = 0
+        del s.kv[own:]
+    return own
+
+
+def slot_loss(s: Slot, prompt: list[int], cache: PromptCache | None) -> int:
+    """Tokens of the slot's cells that serving ``prompt`` there would lose for good."""
+    lost = len(s.kv) - common_prefix(s.kv, prompt, len(prompt))
+    if lost and cache is not None and len(s.kv) >= cache.min_tokens:
+        return 0  # saved to the cache before it is overwritten, or already there
+    return lost
+
+
+def _save(ctx: Any, s: Slot, cache: PromptCache) -> None:
+    data = save_seq(ctx, s.seq_id)
+    if data is None:
+        log.debug("llama.cpp gave no state for slot %d; its %d tokens are not cached", s.seq_id, len(s.kv))
+        return
+    cache.save(s.kv, data)
+
+
+def _restore(ctx: Any, mem: Any, s: Slot, hit: Hit) -> bool:
+    s.kv = []
+    llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+    if restore_seq(ctx, s.seq_id, hit.entry.data) and llama_cpp.llama_memory_seq_rm(mem, s.seq_id, hit.n_tokens, -1):
+        return True
+    # Not enough free cells, a layout llama.cpp refuses, or a model whose cells cannot be trimmed.
+    log.warning("could not restore a cached %d-token prefix into slot %d; computing it", hit.n_tokens, s.seq_id)
+    llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+    return False
