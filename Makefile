@@ -52,8 +52,8 @@ image: $(LLAMA_WHEEL)
 	WHEELHOUSE=$(WHEELHOUSE) bash scripts/build-image.sh
 
 test-container: install
-	LLAMASERVE_CONTAINER_TESTS=1 bash scripts/test-deps.sh
-	LLAMASERVE_CONTAINER_TESTS=1 $(PY) -m pytest -m container $(ARGS)
+	RUN_CONTAINER_TESTS=1 bash scripts/test-deps.sh
+	RUN_CONTAINER_TESTS=1 $(PY) -m pytest -m container $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.bench --spawn $(ARGS)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: promtool/prometheus (metrics) and chromium (web UI);
-# with LLAMASERVE_CONTAINER_TESTS=1 (.ci/run sets it) also podman with runc, iptables for its
+# with RUN_CONTAINER_TESTS=1 (.ci/run sets it) also podman with runc, iptables for its
 # network, and debootstrap for the local base image (tests/container/). Installed only when
 # missing, so repeated runs cost nothing.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
-if [ "${LLAMASERVE_CONTAINER_TESTS:-}" = 1 ]; then
+if [ "${RUN_CONTAINER_TESTS:-}" = 1 ]; then
   # netavark (with aardvark-dns) named, not left to apt: with --no-install-recommends apt may pick
   # the CNI plugins for podman's network stack instead, which is not the set-up checked here.
   command -v podman >/dev/null 2>&1 || need+=(podman netavark aardvark-dns)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-OPT_IN = "LLAMASERVE_CONTAINER_TESTS"
+OPT_IN = "RUN_CONTAINER_TESTS"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
