@@ -20,6 +20,7 @@ from server.api.engines import EngineFactory, EngineSource, engine_source
 from server.api.error_handlers import install_error_handlers, render_error
 from server.api.middleware import RequestContextMiddleware
 from server.api.routes import anthropic as anthropic_routes
+from server.api.routes import at_root
 from server.api.routes import openai as openai_routes
 from server.api.routes import ops as ops_routes
 from server.api.routes import templates as template_routes
@@ -139,6 +140,8 @@ def create_app(
     install_error_handlers(app)
     for routes in (openai_routes, anthropic_routes, ops_routes, template_routes, token_routes):
         app.include_router(routes.router)
+    for routes in (openai_routes, anthropic_routes):
+        app.include_router(at_root(routes.router))  # /chat/completions as /v1/chat/completions
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():
         app.mount("/", WebFiles(directory=WEB_DIR, html=True), name="web")
