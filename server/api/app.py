@@ -73,6 +73,8 @@ def _registry(settings: Settings, source: EngineSource, metrics: Metrics) -> Mod
         serve=lambda s, engine: _serve_model(metrics, source, s, engine),
         max_loaded=settings.max_loaded_models,
         idle_unload=settings.idle_unload,
+        strict_names=settings.strict_model_name,
+        fallback=settings.default_model,
     )
     for model_id in registry.ids:
         metrics.model(model_id)  # its counters at 0 before its first load, so rate() sees the first event

@@ -354,12 +354,14 @@ class Model(BaseModel):
     created: int
     owned_by: str = "llamaserve"
     placement: ModelPlacement | None = None  # only for a loaded model whose placement is known
+    aliases: list[str] | None = None  # other names that route to it (-a id,name2), as llama-server lists them
 
     @model_serializer(mode="wrap")
     def _drop_unknown_placement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("placement") is None:
-            data.pop("placement", None)
+        for optional in ("placement", "aliases"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
 

@@ -110,7 +110,6 @@ class ChatService:
 
     def _checked_plan(self, req: ChatCompletionRequest) -> ToolPlan | None:
         """Every check a chat request gets before rendering; returns its tool plan (built once)."""
-        self.pipeline.check_model(req.model)
         check_chat_request(req, self.pipeline.limits)
         refuse_unsupported(req.model_extra or {}, UNSUPPORTED_CHAT_FIELDS)
         return plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, self.template.tool_style)

@@ -53,7 +53,6 @@ class CompletionService:
         self.pipeline = pipeline
 
     def _check(self, req: CompletionRequest) -> None:
-        self.pipeline.check_model(req.model)
         check_generation_fields(req, self.pipeline.limits)
         fields = {**(req.model_extra or {}), "suffix": req.suffix, "best_of": req.best_of}
         refuse_unsupported(fields, UNSUPPORTED_COMPLETION_FIELDS, _REASONS)

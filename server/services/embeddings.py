@@ -17,7 +17,6 @@ from server.engine.base import Embedder, EmbeddingsUnavailableError, Engine
 from server.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
-    ModelNotFoundError,
     ServiceUnavailableError,
     UnsupportedFieldError,
 )
@@ -88,8 +87,6 @@ class EmbeddingsService:
         return lists
 
     async def create(self, req: EmbeddingRequest) -> EmbeddingList:
-        if req.model is not None and req.model != self.model_id:
-            raise ModelNotFoundError(req.model)
         embedder = await self.embedder()
         if req.dimensions is not None and req.dimensions != embedder.n_embd:
             raise UnsupportedFieldError(

@@ -40,7 +40,6 @@ class MessagesService:
 
     def _prompt(self, req: MessagesInput) -> tuple[list[int], ToolPlan | None]:
         """Check, plan the tools, render and tokenize (blocking: run off the event loop)."""
-        self.pipeline.check_model(req.model)
         refuse_unsupported(
             {name: getattr(req, name, None) for name in UNSUPPORTED_MESSAGE_FIELDS}, UNSUPPORTED_MESSAGE_FIELDS
         )

@@ -18,6 +18,7 @@ from server.api.app import create_app
 from server.engine.base import Embedder
 from server.engine.fake import FakeEngine
 from server.settings import Settings
+from tests.api.conftest import STRICT
 
 DIM = 8
 
@@ -106,6 +107,7 @@ def test_refusals(client: TestClient, embedder: HashEmbedder, body: dict[str, An
     assert embedder.calls == []
 
 
+@pytest.mark.parametrize("settings", [STRICT], ids=["strict-model-name"])
 def test_unknown_model_is_404(sdk: OpenAI, embedder: HashEmbedder) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.embeddings.create(model="text-embedding-3-small", input="cat")
