@@ -85,7 +85,10 @@ class ResponseFormatText(BaseModel):
 
 
 class ResponseFormatJsonObject(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
     type: Literal["json_object"]
+    # llama-server's extension: an object held to this JSON Schema (non-strict rules).
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="a JSON Schema (extension)")
 
 
 class JsonSchemaSpec(BaseModel):
@@ -134,6 +137,9 @@ class SamplingFields(_Request):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="llama.cpp min-p (default 0.05)")
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0, description="llama.cpp repeat penalty")
     grammar: str | None = Field(default=None, description="GBNF grammar (root rule 'root') constraining the output")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="a JSON Schema the output is held to, as llama-server takes it (non-strict rules)"
+    )
     ignore_eos: bool | None = Field(
         default=None,
         description="never sample end-of-generation tokens (for benchmarks): generation ends on max_tokens, "

@@ -16,7 +16,7 @@ from typing import cast
 from server.engine.base import Engine
 from server.errors import InvalidRequestError
 from server.prompting.chat_template import ChatTemplate, render_chat, select_template
-from server.prompting.grammar import JSON_OBJECT_GBNF, InvalidSchemaError, json_schema_to_gbnf
+from server.prompting.grammar import JSON_OBJECT_GBNF
 from server.prompting.tools import ToolPlan, plan_tools, response_message_parts
 from server.protocol import (
     UNSUPPORTED_CHAT_FIELDS,
@@ -39,6 +39,7 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_chat_request, refuse_unsupported
 from server.services.pipeline import ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.sampling import request_grammar, schema_grammar
 from server.services.tool_stream import choice_streamer
 
 log = logging.getLogger(__name__)
@@ -82,23 +83,24 @@ def template_for(engine: Engine, override: str | None = None) -> ChatTemplate:
 
 
 def grammar_for(req: ChatCompletionRequest) -> tuple[str | None, str | None]:
-    """The GBNF that ``response_format`` (or our ``grammar`` extension) asks for, and that field's name."""
+    """The GBNF that ``response_format`` (or our ``grammar``/``json_schema`` extensions) asks for, and
+    that field's name."""
     fmt = req.response_format
     structured = isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema)
-    if structured and req.grammar is not None:
-        raise InvalidRequestError("Give either 'grammar' or a JSON 'response_format', not both.", param="grammar")
+    for own in ("grammar", "json_schema"):
+        if structured and getattr(req, own) is not None:
+            raise InvalidRequestError(f"Give either '{own}' or a JSON 'response_format', not both.", param=own)
     if isinstance(fmt, ResponseFormatJsonObject):
-        return JSON_OBJECT_GBNF, "response_format"
+        if fmt.schema_ is None:
+            return JSON_OBJECT_GBNF, "response_format"
+        return schema_grammar(fmt.schema_, strict=False, param="response_format.schema"), "response_format.schema"
     if isinstance(fmt, ResponseFormatJsonSchema):
         spec = fmt.json_schema
         if spec.schema_ is None:
             return JSON_OBJECT_GBNF, "response_format"
-        try:
-            return json_schema_to_gbnf(spec.schema_, strict=bool(spec.strict)), "response_format.json_schema.schema"
-        except InvalidSchemaError as exc:
-            exc.param = "response_format.json_schema.schema"
-            raise
-    return req.grammar, "grammar" if req.grammar is not None else None
+        param = "response_format.json_schema.schema"
+        return schema_grammar(spec.schema_, strict=bool(spec.strict), param=param), param
+    return request_grammar(req)
 
 
 class ChatService:

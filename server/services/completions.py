@@ -24,7 +24,7 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_generation_fields, refuse_unsupported
 from server.services.pipeline import ChoiceText, Chunk, Pipeline, PreparedGeneration
-from server.services.sampling import check_token_ids
+from server.services.sampling import check_token_ids, request_grammar
 
 _REASONS = {
     "suffix": "is not supported: this model is not an infill model",
@@ -88,6 +88,7 @@ class CompletionService:
         self._check(req)
         self.pipeline.log_caller("completion", req, request_id)
         prompts, echo_texts = self._prompts(req)
+        grammar, grammar_param = request_grammar(req)
         generation = self.pipeline.prepare(
             req,
             prompts,
@@ -96,8 +97,8 @@ class CompletionService:
             prompt_param="prompt",
             n=req.n or 1,
             top_logprobs=req.logprobs,
-            grammar=req.grammar,
-            grammar_param="grammar" if req.grammar is not None else None,
+            grammar=grammar,
+            grammar_param=grammar_param,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return PreparedCompletion(generation, echo_texts, bool(req.echo), req.logprobs, bool(req.stream), include_usage)

@@ -130,6 +130,9 @@ def check_generation_fields(req: SamplingFields, limits: RequestLimits) -> None:
     bad = first_unencodable_string(req.model_dump(by_alias=True, exclude_none=True))
     if bad is not None:
         raise InvalidRequestError(f"'{bad}' holds text that is not valid Unicode (a lone surrogate).", param=bad)
+    depth = limits.max_json_depth
+    if req.json_schema is not None and json_depth_exceeds(req.json_schema, depth):
+        raise InvalidRequestError(f"'json_schema' nests deeper than {depth} levels.", param="json_schema")
     if req.stream_options is not None and not req.stream:
         raise InvalidRequestError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
