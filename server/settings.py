@@ -104,7 +104,12 @@ class Settings(BaseSettings):
     # ---- security and reliability (server/api/security.py, server/services/limits.py, server/api/shutdown.py) ----
     allow_unauthenticated: bool = Field(default=False, description="allow binding a non-loopback host without API keys")
     cors_origins: list[str] = Field(
-        default_factory=list, description="origins allowed by CORS (repeatable; '*' = any; empty = CORS off)"
+        default_factory=list,
+        description="origins allowed by CORS (repeatable; '*' = any; 'localhost' = any loopback origin, any port; "
+        "empty = CORS off)",
+    )
+    cors_credentials: bool = Field(
+        default=False, description="let allowed origins send credentials (cookies, HTTP auth) with CORS requests"
     )
     shutdown_timeout: float = Field(
         default=30.0, ge=0, description="seconds running requests may finish after SIGTERM before they are ended"

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
+from server.api.cors import LenientPreflightCORSMiddleware, cors_options
 from server.api.engines import EngineFactory, EngineSource, engine_source
 from server.api.error_handlers import install_error_handlers, render_error
 from server.api.middleware import RequestContextMiddleware
@@ -132,13 +132,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     if settings.cors_origins:
         # Outermost, so that preflights are answered before the key check and 401s carry CORS headers.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=["*"] if "*" in settings.cors_origins else settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Api-Key", "X-Request-Id"],
-            expose_headers=["Retry-After", "X-Request-Id"],
-        )
+        app.add_middleware(LenientPreflightCORSMiddleware, **cors_options(settings))
     install_error_handlers(app)
     for routes in (openai_routes, anthropic_routes, ops_routes, template_routes, token_routes):
         app.include_router(routes.router)
