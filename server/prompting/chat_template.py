@@ -291,16 +291,47 @@ def select_template(
     return JinjaChatTemplate(CHATML, bos_token=bos_token, eos_token=eos_token, name="chatml")
 
 
+def open_final_message(rendered: str, final_text: str) -> str:
+    """The prompt cut right after the final message's text, so the model continues that message.
+
+    Hugging Face's ``continue_final_message`` (which vLLM follows): render the whole conversation,
+    then drop what the template wrote after the last occurrence of the final message (its end-of-turn
+    and anything later). A template that trims the text is trimmed after.
+    """
+    stripped = final_text.strip()
+    at = rendered.rfind(stripped)
+    if at < 0:
+        raise InvalidRequestError(
+            "The final message cannot be continued: the chat template does not show its text as given.",
+            param="messages",
+        )
+    kept = final_text.lstrip()
+    end = at + len(kept) if rendered[at : at + len(kept)] == kept else at + len(stripped)
+    return rendered[:end]
+
+
 def render_chat(
     template: ChatTemplate,
     messages: Sequence[Mapping[str, Any]],
     plan: ToolPlan | None = None,
     *,
     add_generation_prompt: bool = True,
+    continue_final: bool = False,
 ) -> str:
-    """OpenAI messages (plain dicts) and the request's tool plan -> the exact prompt text."""
+    """OpenAI messages (plain dicts) and the request's tool plan -> the exact prompt text.
+
+    ``continue_final``: the final message is left open (no end of turn, no generation prompt) for the
+    model to continue: an assistant prefill. An empty final assistant message is just the open reply.
+    """
     normalised = normalize_messages(messages)
+    final_text = normalised[-1]["content"] if continue_final and normalised else ""
+    if continue_final and not final_text.strip():
+        if not normalised or normalised[-1]["role"] != "assistant":
+            raise InvalidRequestError("Only an empty assistant message can be continued.", param="messages")
+        normalised, continue_final, add_generation_prompt = normalised[:-1], False, True
     if template.tool_style == "generic":
-        return template.render(generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt)
-    tools = plan.prompt_tools() if plan is not None else None
-    return template.render(normalised, tools=tools, add_generation_prompt=add_generation_prompt)
+        rendered = template.render(generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt)
+    else:
+        tools = plan.prompt_tools() if plan is not None else None
+        rendered = template.render(normalised, tools=tools, add_generation_prompt=add_generation_prompt)
+    return open_final_message(rendered, final_text) if continue_final else rendered

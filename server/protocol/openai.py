@@ -157,6 +157,13 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's prompt-ending fields (extensions); default: a final assistant message is continued.
+    add_generation_prompt: bool | None = Field(
+        default=None, description="end the prompt with the assistant's turn header (default: unless continuing)"
+    )
+    continue_final_message: bool | None = Field(
+        default=None, description="leave the final message open for the model to continue (default: if assistant)"
+    )
 
 
 PromptField = str | list[str] | list[int] | list[list[int]]

@@ -103,6 +103,24 @@ def grammar_for(req: ChatCompletionRequest) -> tuple[str | None, str | None]:
     return request_grammar(req)
 
 
+def prompt_ending(req: ChatCompletionRequest) -> tuple[bool, bool]:
+    """``(add_generation_prompt, continue_final)`` as vLLM defines the two fields, with llama-server's
+    default: a final assistant message (not a tool call) is a prefill, continued rather than answered."""
+    if req.continue_final_message and req.add_generation_prompt:
+        raise InvalidRequestError(
+            "'continue_final_message' and 'add_generation_prompt' cannot both be true: a prompt either leaves "
+            "the final message open or starts a new assistant turn.",
+            param="continue_final_message",
+        )
+    last = req.messages[-1]
+    if req.continue_final_message and last.tool_calls:
+        raise InvalidRequestError("A final tool-call message cannot be continued.", param="continue_final_message")
+    prefill = last.role == "assistant" and not last.tool_calls and req.add_generation_prompt is not True
+    continue_final = prefill if req.continue_final_message is None else req.continue_final_message
+    add = (not continue_final) if req.add_generation_prompt is None else req.add_generation_prompt
+    return add, continue_final
+
+
 class ChatService:
     def __init__(self, pipeline: Pipeline, template: ChatTemplate) -> None:
         self.pipeline = pipeline
@@ -129,7 +147,7 @@ class ChatService:
                     param="tool_choice",
                 )
             grammar, grammar_param = tool_grammar, "tools"
-        prompt = self.tokenize_prompt(self.render_prompt(req.messages, plan))
+        prompt = self.tokenize_prompt(self.render_request(req, plan))
         generation = self.pipeline.prepare(
             req,
             [prompt],
@@ -144,7 +162,20 @@ class ChatService:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage)
 
-    def render_prompt(self, messages: Sequence[ChatMessage], plan: ToolPlan | None = None) -> str:
+    def render_request(self, req: ChatCompletionRequest, plan: ToolPlan | None) -> str:
+        add_generation_prompt, continue_final = prompt_ending(req)
+        return self.render_prompt(
+            req.messages, plan, add_generation_prompt=add_generation_prompt, continue_final=continue_final
+        )
+
+    def render_prompt(
+        self,
+        messages: Sequence[ChatMessage],
+        plan: ToolPlan | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        continue_final: bool = False,
+    ) -> str:
         plain: list[dict[str, object]] = []
         for i, m in enumerate(messages):
             if m.role == "tool" and not m.tool_call_id:
@@ -157,7 +188,9 @@ class ChatService:
                 entry["tool_call_id"] = m.tool_call_id
             plain.append(entry)
         # chat_template.py decodes tool-call arguments, shows the tools, and renders.
-        return render_chat(self.template, plain, plan)
+        return render_chat(
+            self.template, plain, plan, add_generation_prompt=add_generation_prompt, continue_final=continue_final
+        )
 
     def tokenize_prompt(self, text: str) -> list[int]:
         # A template that writes the BOS text itself must not get a second BOS from the tokenizer.
@@ -167,7 +200,7 @@ class ChatService:
 
     def apply_template(self, req: ChatCompletionRequest) -> str:
         """``POST /apply-template``: the prompt text ``req`` would generate from, checked like a chat request."""
-        return self.render_prompt(req.messages, self._checked_plan(req))
+        return self.render_request(req, self._checked_plan(req))
 
     # ---- running ----------------------------------------------------------------------------
 

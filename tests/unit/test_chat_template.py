@@ -220,3 +220,34 @@ def test_template_with_tool_syntax_gets_tools_as_given() -> None:
     plan = plan_tools([WEATHER], "auto", None, "template")
     got = render_chat(select_template(QWEN_LIKE), [{"role": "user", "content": "x"}], plan)
     assert got.startswith('<|im_start|>system\n# Tools\n{"type": "function", "function": {"name": "get_weather"')
+
+
+# ---- continuing the final message (assistant prefill) ------------------------------------------
+
+PREFILL_CHAT = [
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "The capital is "},
+]
+
+
+def test_the_llama31_builder_continues_a_prefill_as_the_official_template_does() -> None:
+    native = render_chat(Llama31Template(date="26 Jul 2024"), PREFILL_CHAT, continue_final=True)
+    official = JinjaChatTemplate(OFFICIAL_TEMPLATE, bos_token="<|begin_of_text|>")
+    # Hugging Face's continue_final_message: the official rendering, cut after the (trimmed) text.
+    reference = official.render(PREFILL_CHAT, add_generation_prompt=False, date_string="26 Jul 2024")
+    reference = reference[: reference.rindex("The capital is") + len("The capital is")]
+    assert native == reference
+    assert native.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nThe capital is")
+
+
+def test_a_template_that_keeps_spacing_keeps_the_prefill_trailing_space() -> None:
+    text = render_chat(JinjaChatTemplate(SMOLLM2), PREFILL_CHAT, continue_final=True)
+    assert text.endswith("<|im_start|>assistant\nThe capital is ")
+    closed = render_chat(JinjaChatTemplate(SMOLLM2), PREFILL_CHAT, add_generation_prompt=False)
+    assert closed.endswith("The capital is <|im_end|>\n")
+
+
+def test_a_template_that_hides_the_final_text_cannot_continue_it() -> None:
+    hides = JinjaChatTemplate("{% for m in messages %}[{{ m.role }}]{% endfor %}")
+    with pytest.raises(InvalidRequestError, match="cannot be continued"):
+        render_chat(hides, PREFILL_CHAT, continue_final=True)
