@@ -203,7 +203,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "messages[0].content[0].content[0]",
     ),
     ("server tool", body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools[0]"),
-    ("prefill ending in whitespace", body(messages=[USER, {"role": "assistant", "content": "The answer is "}]), "white"),
+    ("spaced prefill", body(messages=[USER, {"role": "assistant", "content": "The answer is "}]), "whitespace"),
     ("thinking with a budget", body(thinking={"type": "enabled", "budget_tokens": 2048}), "thinking"),
     ("unknown field", body(frobnicate=True), "frobnicate"),
     (
