@@ -64,7 +64,15 @@ class ChatTemplate(Protocol):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
     ) -> str: ...
+
+
+# What a template may read besides ``messages``, as Hugging Face and llama.cpp give it; a request's
+# ``chat_template_kwargs`` may add simple values but never replace these.
+RESERVED_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+)
 
 
 # ---- normalisation ----------------------------------------------------------------------------
@@ -160,9 +168,13 @@ class Llama31Template:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
+        # Of the variables, only the official template's own `date_string` changes what it writes.
+        asked = (variables or {}).get("date_string")
+        date = asked if isinstance(asked, str) else self.date
         return llama3.render(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, date=self.date, bos_token=self.bos_token
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, date=date, bos_token=self.bos_token
         )
 
 
@@ -217,15 +229,20 @@ class JinjaChatTemplate:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> str:
+        # As llama.cpp renders: today's date in the `26 Jul 2024` form Llama 3.x templates default to
+        # (else they print their own 2024 date), then the request's chat_template_kwargs, then ours.
         context = {
+            "date_string": llama3.date_string(),
+            **(variables or {}),
+            **extra,
             "messages": list(messages),
             "add_generation_prompt": add_generation_prompt,
             "tools": tools,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
-            **extra,
         }
         try:
             # A time and size limit (server/prompting/template_guard.py): a template is someone else's code.
@@ -317,6 +334,7 @@ def render_chat(
     *,
     add_generation_prompt: bool = True,
     continue_final: bool = False,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
     """OpenAI messages (plain dicts) and the request's tool plan -> the exact prompt text.
 
@@ -330,8 +348,12 @@ def render_chat(
             raise InvalidRequestError("Only an empty assistant message can be continued.", param="messages")
         normalised, continue_final, add_generation_prompt = normalised[:-1], False, True
     if template.tool_style == "generic":
-        rendered = template.render(generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt)
+        rendered = template.render(
+            generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt, variables=variables
+        )
     else:
         tools = plan.prompt_tools() if plan is not None else None
-        rendered = template.render(normalised, tools=tools, add_generation_prompt=add_generation_prompt)
+        rendered = template.render(
+            normalised, tools=tools, add_generation_prompt=add_generation_prompt, variables=variables
+        )
     return open_final_message(rendered, final_text) if continue_final else rendered

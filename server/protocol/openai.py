@@ -164,6 +164,9 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool | None = Field(
         default=None, description="leave the final message open for the model to continue (default: if assistant)"
     )
+    chat_template_kwargs: dict[str, bool | int | float | str] | None = Field(
+        default=None, description='extra template variables (simple values only), e.g. {"enable_thinking": false}'
+    )
 
 
 PromptField = str | list[str] | list[int] | list[list[int]]

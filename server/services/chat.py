@@ -9,9 +9,9 @@ built once per request and travels with the prepared request to the output side.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from server.engine.base import Engine
 from server.errors import InvalidRequestError
@@ -165,7 +165,11 @@ class ChatService:
     def render_request(self, req: ChatCompletionRequest, plan: ToolPlan | None) -> str:
         add_generation_prompt, continue_final = prompt_ending(req)
         return self.render_prompt(
-            req.messages, plan, add_generation_prompt=add_generation_prompt, continue_final=continue_final
+            req.messages,
+            plan,
+            add_generation_prompt=add_generation_prompt,
+            continue_final=continue_final,
+            variables=req.chat_template_kwargs,
         )
 
     def render_prompt(
@@ -175,6 +179,7 @@ class ChatService:
         *,
         add_generation_prompt: bool = True,
         continue_final: bool = False,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
         plain: list[dict[str, object]] = []
         for i, m in enumerate(messages):
@@ -189,7 +194,12 @@ class ChatService:
             plain.append(entry)
         # chat_template.py decodes tool-call arguments, shows the tools, and renders.
         return render_chat(
-            self.template, plain, plan, add_generation_prompt=add_generation_prompt, continue_final=continue_final
+            self.template,
+            plain,
+            plan,
+            add_generation_prompt=add_generation_prompt,
+            continue_final=continue_final,
+            variables=variables,
         )
 
     def tokenize_prompt(self, text: str) -> list[int]:

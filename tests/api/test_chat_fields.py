@@ -244,3 +244,13 @@ def test_llama_server_json_extensions_are_checked_and_name_their_field(client: T
     fmt = {"type": "json_object", "schema": schema}
     r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "response_format": fmt, "json_schema": schema})
     assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema"
+
+
+def test_chat_template_kwargs_are_checked_over_http(client: TestClient) -> None:
+    def post(kwargs: Any) -> Any:
+        return client.post("/v1/chat/completions", json={"messages": MESSAGES, "chat_template_kwargs": kwargs})
+
+    assert post({"enable_thinking": False, "name": "x", "n": 2.5}).status_code == 200
+    for bad in ({"a": [1]}, {"tools": "x"}, "not an object"):
+        r = post(bad)
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("chat_template_kwargs"), r.text
