@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import Engine
+from server.prompting.chat_template import NamedTemplates
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ class EngineSource:
     # The model id when the settings give no alias; None: from the model file's name.
     default_id: str | None = None
     owns_engines: bool = True  # False: the caller's engine outlives the app
+    named_templates: NamedTemplates | None = None  # the chat templates the engine knows by name
+
+
+def llama_source() -> EngineSource:
+    from server.engine.llama.chat_builtin import LlamaNamedTemplates
+
+    return EngineSource(load_llama_engine, named_templates=LlamaNamedTemplates())
 
 
 def load_llama_engine(settings: Settings) -> Engine:
@@ -95,4 +103,4 @@ def engine_source(engine: Engine | None, factory: EngineFactory | None) -> Engin
         return EngineSource(lambda settings: engine, default_id=engine.info.id, owns_engines=False)
     if factory is not None:
         return EngineSource(factory)
-    return fake_engine_from_env() or EngineSource(load_llama_engine)
+    return fake_engine_from_env() or llama_source()

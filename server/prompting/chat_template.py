@@ -2,7 +2,8 @@
 
 Selection (:func:`select_template`), first match wins:
 
-1. ``--chat-template NAME|FILE``: a built-in name (``llama-3.1``, ``chatml``) or a Jinja file.
+1. ``--chat-template NAME|FILE``: a built-in name (``llama-3.1``, ``chatml``), a name llama.cpp knows
+   (``gemma``, ``mistral-v7``, ...: rendered by llama.cpp, given as ``named``), or a Jinja file.
 2. A GGUF template that is Llama 3.1's (header tokens plus its ``ipython``/date markers)
    -> the native builder in :mod:`server.prompting.llama3` (plain Python, byte-identical to Meta's).
 3. Any other GGUF template -> that template in a sandboxed Jinja environment.
@@ -178,6 +179,36 @@ class Llama31Template:
         )
 
 
+class NamedTemplates(Protocol):
+    """Templates known by name outside this package (llama.cpp's: ``server.engine.llama.chat_builtin``)."""
+
+    def names(self) -> frozenset[str]: ...
+
+    def apply(self, name: str, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str: ...
+
+
+class NamedTemplate:
+    """One of llama.cpp's named templates: role and content text only (tools reach it as text)."""
+
+    tool_style: ToolStyle = "generic"
+
+    def __init__(self, name: str, templates: NamedTemplates, *, bos_token: str = "") -> None:
+        self.name = name
+        self.bos_token = bos_token
+        self._templates = templates
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        pairs = [(str(m.get("role")), _content_text(m.get("content"))) for m in messages]
+        return self._templates.apply(self.name, pairs, add_generation_prompt)
+
+
 def _raise(message: str) -> None:
     raise InvalidRequestError(f"The chat template refused the conversation: {message}", param="messages")
 
@@ -273,12 +304,14 @@ def select_template(
     has_special_token: Callable[[str], bool] = lambda text: False,
     bos_token: str = "",
     eos_token: str = "",
+    named: NamedTemplates | None = None,
 ) -> ChatTemplate:
     """Pick the model's template (order in the module docstring).
 
     ``has_special_token(text)`` says whether ``text`` tokenizes as one special token of the
     model's vocabulary; ``bos_token``/``eos_token`` are the texts templates start/end with
-    (give "" when the tokenizer adds BOS, and then tokenize with BOS added).
+    (give "" when the tokenizer adds BOS, and then tokenize with BOS added). ``named``: the
+    templates llama.cpp knows by name, after ours (``llama3`` and ``chatml`` stay ours).
     """
     if override:
         key = override.strip().lower()
@@ -286,9 +319,12 @@ def select_template(
             return Llama31Template(bos_token=bos_token)
         if key in CHATML_NAMES:
             return JinjaChatTemplate(CHATML, bos_token=bos_token, eos_token=eos_token, name="chatml")
+        known = named.names() if named is not None else frozenset()
+        if key in known and named is not None:
+            return NamedTemplate(key, named, bos_token=bos_token)
         path = Path(override).expanduser()
         if not path.is_file():
-            names = ", ".join(sorted(LLAMA31_NAMES | CHATML_NAMES))
+            names = ", ".join(sorted(LLAMA31_NAMES | CHATML_NAMES | known))
             raise ChatTemplateError(f"--chat-template {override!r} is neither a template name ({names}) nor a file.")
         try:
             source = path.read_text(encoding="utf-8")

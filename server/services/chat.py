@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from server.engine.base import Engine
 from server.errors import InvalidRequestError
-from server.prompting.chat_template import ChatTemplate, render_chat, select_template
+from server.prompting.chat_template import ChatTemplate, NamedTemplates, render_chat, select_template
 from server.prompting.grammar import JSON_OBJECT_GBNF
 from server.prompting.tools import ToolPlan, plan_tools, response_message_parts
 from server.protocol import (
@@ -64,7 +64,7 @@ def special_text(engine: Engine, token: int | None) -> str:
     return "" if token is None else engine.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
 
-def template_for(engine: Engine, override: str | None = None) -> ChatTemplate:
+def template_for(engine: Engine, override: str | None = None, named: NamedTemplates | None = None) -> ChatTemplate:
     """The template of the engine's model (compiled once: keep it for the model's lifetime)."""
     info = engine.info
 
@@ -77,6 +77,7 @@ def template_for(engine: Engine, override: str | None = None) -> ChatTemplate:
         has_special_token=has_special_token,
         bos_token=special_text(engine, info.bos_token),
         eos_token=special_text(engine, info.eos_token),
+        named=named,
     )
     log.info("chat template: %s (tools: %s format)", template.name, template.tool_style)
     return template

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import Engine
+from server.prompting.chat_template import NamedTemplates
 from server.runtime.scheduler import Scheduler
 from server.services.chat import ChatService, template_for
 from server.services.completions import CompletionService
@@ -37,6 +38,7 @@ class LoadedModel:
         *,
         limits: RequestLimits | None = None,
         chat_template: str | None = None,
+        named_templates: NamedTemplates | None = None,
         close_engine: bool = True,
         on_close: Callable[[], None] | None = None,
     ) -> LoadedModel:
@@ -52,7 +54,7 @@ class LoadedModel:
             if on_close is not None:
                 on_close()
 
-        chat = ChatService(pipeline, template_for(engine, chat_template))
+        chat = ChatService(pipeline, template_for(engine, chat_template, named_templates))
         return cls(
             model_id=model_id,
             engine=engine,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,40 @@ def test_a_template_that_hides_the_final_text_cannot_continue_it() -> None:
     hides = JinjaChatTemplate("{% for m in messages %}[{{ m.role }}]{% endfor %}")
     with pytest.raises(InvalidRequestError, match="cannot be continued"):
         render_chat(hides, PREFILL_CHAT, continue_final=True)
+
+
+# ---- named templates (llama.cpp's, given by the engine layer) ------------------------------------
+
+
+class TwoNames:
+    """A stand-in for llama.cpp's named templates: records what it was asked to render."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, str]], bool]] = []
+
+    def names(self) -> frozenset[str]:
+        return frozenset({"gemma", "llama3"})
+
+    def apply(self, name: str, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        self.calls.append((name, list(messages), add_generation_prompt))
+        body = "".join(f"<{r}>{c}</{r}>" for r, c in messages)
+        return body + ("<model>" if add_generation_prompt else "")
+
+
+def test_a_name_llama_cpp_knows_renders_through_it_with_tools_as_text() -> None:
+    named = TwoNames()
+    template = select_template(None, override="Gemma", named=named)
+    assert template.name == "gemma" and template.tool_style == "generic"
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    plan = plan_tools([tool], "auto", None, template.tool_style)
+    text = render_chat(template, [{"role": "user", "content": "Hi"}], plan)
+    assert text.endswith("<user>Hi</user><model>")
+    assert "get_time" in named.calls[0][1][0][1]  # the tools reach it as text in the system turn
+    prefill = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]
+    assert render_chat(template, prefill, continue_final=True).endswith("<assistant>Hel")
+
+
+def test_our_names_win_over_llama_cpp_s() -> None:
+    assert isinstance(select_template(None, override="llama3", named=TwoNames()), Llama31Template)
+    with pytest.raises(ChatTemplateError, match="gemma"):
+        select_template(None, override="gemma-7", named=TwoNames())
