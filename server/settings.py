@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     default_model: str | None = Field(
         default=None, description="with several models: the one that answers an unknown `model` name (default: 404)"
     )
+    reasoning_format: Literal["none", "deepseek"] = Field(
+        default="deepseek",
+        description="deepseek: a reply's <think>...</think> goes to reasoning_content; none: left in the content",
+    )
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8080, ge=0, le=65535, description="port to bind (0 = any free port)")
     parallel: int = Field(default=4, ge=1, le=256, description="sequence slots decoded together")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidRequestError, LlamaserveError
@@ -58,6 +58,7 @@ class ChatTemplate(Protocol):
     name: str
     bos_token: str  # the text the rendered prompt starts with when it carries BOS ("" if never)
     tool_style: ToolStyle
+    reads: frozenset[str]  # the variables it reads besides messages (enable_thinking: it can switch thinking)
 
     def render(
         self,
@@ -137,7 +138,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                 }
                 for c in calls
             ]
-        for key in ("name", "tool_call_id"):
+        for key in ("name", "tool_call_id", "reasoning_content"):
             if m.get(key) is not None:
                 msg[key] = m[key]
         out.append(msg)
@@ -157,6 +158,7 @@ class Llama31Template:
 
     name = "llama-3.1"
     tool_style: ToolStyle = "llama3"
+    reads = frozenset({"tools", "add_generation_prompt", "bos_token", "date_string"})
 
     def __init__(self, *, date: str | None = None, bos_token: str = llama3.BOS) -> None:
         # None: today's date at each render, as llama.cpp passes it.
@@ -191,6 +193,7 @@ class NamedTemplate:
     """One of llama.cpp's named templates: role and content text only (tools reach it as text)."""
 
     tool_style: ToolStyle = "generic"
+    reads = frozenset({"add_generation_prompt"})
 
     def __init__(self, name: str, templates: NamedTemplates, *, bos_token: str = "") -> None:
         self.name = name
@@ -243,8 +246,10 @@ class JinjaChatTemplate:
         name: str = "jinja",
         render_seconds: float = RENDER_SECONDS,
     ) -> None:
+        env = sandboxed_environment()
         try:
-            self._template = sandboxed_environment().from_string(source)
+            self._template = env.from_string(source)
+            self.reads = frozenset(meta.find_undeclared_variables(env.parse(source)))
         except TemplateError as exc:
             raise ChatTemplateError(f"The chat template ({name}) does not compile: {exc}") from exc
         self.source = source

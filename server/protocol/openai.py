@@ -24,7 +24,6 @@ UNSUPPORTED_CHAT_FIELDS: Mapping[str, Callable[[Any], bool]] = {
     "web_search_options": lambda v: False,
     "functions": lambda v: False,
     "function_call": lambda v: False,
-    "reasoning_effort": lambda v: False,
     "verbosity": lambda v: False,
     "store": lambda v: v is False,
     "service_tier": lambda v: v in ("auto", "default"),
@@ -72,6 +71,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier turn's thinking, given back to the template
 
 
 class StreamOptions(BaseModel):
@@ -164,6 +164,9 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool | None = Field(
         default=None, description="leave the final message open for the model to continue (default: if assistant)"
     )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        default=None, description="'none' turns a thinking template's thinking off; any other value on"
+    )
     chat_template_kwargs: dict[str, bool | int | float | str] | None = Field(
         default=None, description='extra template variables (simple values only), e.g. {"enable_thinking": false}'
     )
@@ -248,13 +251,15 @@ class ResponseMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None  # the <think> part (--reasoning-format deepseek), as llama-server
 
     @model_serializer(mode="wrap")
     def _drop_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # content and refusal are required even when null; tool_calls is absent unless there are some.
+        # content and refusal are required even when null; tool_calls and reasoning only when there are some.
         data: dict[str, Any] = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for optional in ("tool_calls", "reasoning_content"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
 
@@ -290,6 +295,7 @@ class ToolCallDelta(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 

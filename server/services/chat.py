@@ -28,6 +28,7 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     ChunkDelta,
+    CompletionTokensDetails,
     ResponseFormatJsonObject,
     ResponseFormatJsonSchema,
     ResponseMessage,
@@ -39,8 +40,15 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_chat_request, refuse_unsupported
 from server.services.pipeline import ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.reasoning import (
+    ReasoningSplitter,
+    opens_thinking,
+    reasoning_deltas,
+    split_all,
+    template_variables,
+)
 from server.services.sampling import request_grammar, schema_grammar
-from server.services.tool_stream import choice_streamer
+from server.services.tool_stream import ChoiceStreamer, ToolChoiceStreamer, choice_streamer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,11 @@ class PreparedChat:
     logprobs: bool
     stream: bool
     include_usage: bool
+    # None: the reply is all content; else whether it starts inside a <think> block (services/reasoning.py)
+    thinking: bool | None = None
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return None if self.thinking is None else ReasoningSplitter(open_at_start=self.thinking)
 
 
 @dataclass
@@ -123,9 +136,10 @@ def prompt_ending(req: ChatCompletionRequest) -> tuple[bool, bool]:
 
 
 class ChatService:
-    def __init__(self, pipeline: Pipeline, template: ChatTemplate) -> None:
+    def __init__(self, pipeline: Pipeline, template: ChatTemplate, *, split_reasoning: bool = False) -> None:
         self.pipeline = pipeline
         self.template = template
+        self.split_reasoning = split_reasoning  # --reasoning-format deepseek
 
     # ---- preparing --------------------------------------------------------------------------
 
@@ -148,7 +162,8 @@ class ChatService:
                     param="tool_choice",
                 )
             grammar, grammar_param = tool_grammar, "tools"
-        prompt = self.tokenize_prompt(self.render_request(req, plan))
+        text = self.render_request(req, plan)
+        prompt = self.tokenize_prompt(text)
         generation = self.pipeline.prepare(
             req,
             [prompt],
@@ -161,7 +176,9 @@ class ChatService:
             grammar_param=grammar_param,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage)
+        # A grammar writes the reply's shape itself: nothing in it is thinking.
+        thinking = opens_thinking(text) if self.split_reasoning and grammar is None else None
+        return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage, thinking)
 
     def render_request(self, req: ChatCompletionRequest, plan: ToolPlan | None) -> str:
         add_generation_prompt, continue_final = prompt_ending(req)
@@ -170,7 +187,7 @@ class ChatService:
             plan,
             add_generation_prompt=add_generation_prompt,
             continue_final=continue_final,
-            variables=req.chat_template_kwargs,
+            variables=template_variables(req, self.template),
         )
 
     def render_prompt(
@@ -192,6 +209,8 @@ class ChatService:
                 entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             if m.tool_call_id:
                 entry["tool_call_id"] = m.tool_call_id
+            if m.reasoning_content:
+                entry["reasoning_content"] = m.reasoning_content  # for templates that show earlier thinking
             plain.append(entry)
         # chat_template.py decodes tool-call arguments, shows the tools, and renders.
         return render_chat(
@@ -268,13 +287,17 @@ class ChatGeneration:
             elif p.logprobs:
                 choices[i].logprobs.append(self._logprob_entry(ev))
         out: list[ChatChoice] = []
+        reasoning_tokens = 0
         for i, c in enumerate(choices):
-            content, tool_calls = response_message_parts(p.plan, c.text)
+            splitter = p.splitter()
+            reasoning, text = split_all(splitter, c.parts) if splitter is not None else (None, c.text)
+            reasoning_tokens += splitter.reasoning_tokens if splitter is not None else 0
+            content, tool_calls = response_message_parts(p.plan, text)
             reason = pipe.finish_reason(c.finish.reason if c.finish else None)
             out.append(
                 ChatChoice(
                     index=i,
-                    message=ResponseMessage(content=content, tool_calls=tool_calls),
+                    message=ResponseMessage(content=content, tool_calls=tool_calls, reasoning_content=reasoning),
                     logprobs=ChoiceLogprobs(content=c.logprobs) if p.logprobs else None,
                     finish_reason="tool_calls" if tool_calls else reason,
                 )
@@ -285,7 +308,7 @@ class ChatGeneration:
             model=pipe.model_id,
             system_fingerprint=pipe.fingerprint,
             choices=out,
-            usage=pipe.usage(p.generation, [c.finish for c in choices]),
+            usage=with_reasoning_tokens(pipe.usage(p.generation, [c.finish for c in choices]), reasoning_tokens),
         )
 
     def _chunk(self, created: int, choices: list[ChunkChoice], usage: Usage | None = None) -> Chunk:
@@ -303,12 +326,14 @@ class ChatGeneration:
         p, created = self.prepared, self._pipeline.now()
         n = p.generation.n_choices
         streamers = [choice_streamer(p.plan) for _ in range(n)]
+        splitters = [p.splitter() for _ in range(n)]
         for i in range(n):
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         finishes: list[FinishEvent | None] = [None] * n
         async for i, ev in self._pipeline.events(p.generation, self._handles):
+            splitter = splitters[i]
             if isinstance(ev, TokenEvent):
-                deltas = streamers[i].push(ev.text)
+                deltas = _split_push(splitter, streamers[i], ev.text)
                 if p.logprobs:
                     lp = ChoiceLogprobs(content=[self._logprob_entry(ev)])
                     first = deltas.pop(0) if deltas else ChunkDelta(content="")
@@ -317,10 +342,35 @@ class ChatGeneration:
                     yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
                 continue
             finishes[i] = ev
-            deltas, made_calls = streamers[i].finish(ev.text)
+            deltas, made_calls = _split_finish(splitter, streamers[i], ev.text)
             for d in deltas:
                 yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
             reason = "tool_calls" if made_calls else self._pipeline.finish_reason(ev.reason)
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=reason)])
         if p.include_usage:
-            yield self._chunk(created, [], self._pipeline.usage(p.generation, finishes))
+            thought = sum(s.reasoning_tokens for s in splitters if s is not None)
+            yield self._chunk(created, [], with_reasoning_tokens(self._pipeline.usage(p.generation, finishes), thought))
+
+
+Streamer = ChoiceStreamer | ToolChoiceStreamer
+
+
+def _split_push(splitter: ReasoningSplitter | None, streamer: Streamer, text: str) -> list[ChunkDelta]:
+    """One token's deltas: its thinking as reasoning_content, the rest through the content streamer."""
+    if splitter is None:
+        return streamer.push(text)
+    deltas, content = reasoning_deltas(splitter.push(text))
+    return deltas + (streamer.push(content) if content else [])
+
+
+def _split_finish(splitter: ReasoningSplitter | None, streamer: Streamer, text: str) -> tuple[list[ChunkDelta], bool]:
+    if splitter is None:
+        return streamer.finish(text)
+    deltas, content = reasoning_deltas(splitter.push(text) + splitter.finish())
+    rest, made_calls = streamer.finish(content)
+    return deltas + rest, made_calls
+
+
+def with_reasoning_tokens(usage: Usage, reasoning_tokens: int) -> Usage:
+    usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+    return usage

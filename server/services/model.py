@@ -39,6 +39,7 @@ class LoadedModel:
         limits: RequestLimits | None = None,
         chat_template: str | None = None,
         named_templates: NamedTemplates | None = None,
+        reasoning_format: str = "deepseek",
         close_engine: bool = True,
         on_close: Callable[[], None] | None = None,
     ) -> LoadedModel:
@@ -54,7 +55,8 @@ class LoadedModel:
             if on_close is not None:
                 on_close()
 
-        chat = ChatService(pipeline, template_for(engine, chat_template, named_templates))
+        template = template_for(engine, chat_template, named_templates)
+        chat = ChatService(pipeline, template, split_reasoning=reasoning_format == "deepseek")
         return cls(
             model_id=model_id,
             engine=engine,
