@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     default_model: str | None = Field(
         default=None, description="with several models: the one that answers an unknown `model` name (default: 404)"
     )
+    pooling: Literal["mean", "cls", "last", "none"] | None = Field(
+        default=None,
+        description="how /v1/embeddings pools token vectors (default: the GGUF's own; mean when it says none); "
+        "none: per-token vectors, which /v1/embeddings refuses",
+    )
     reasoning_format: Literal["none", "deepseek"] = Field(
         default="deepseek",
         description="deepseek: a reply's <think>...</think> goes to reasoning_content; none: left in the content",

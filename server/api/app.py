@@ -60,6 +60,7 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         chat_template=settings.chat_template,
         named_templates=source.named_templates,
         reasoning_format=settings.reasoning_format,
+        pooling=settings.pooling,
         close_engine=source.owns_engines,
         on_close=hooks.forget,  # an unloaded model's gauges leave /metrics; its counters stay
     )

@@ -184,8 +184,20 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(default=None, ge=0, le=20)
 
 
+class ContentInput(BaseModel):
+    """llama-server's object form of one embeddings input: ``{"content": text or token ids}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: str | list[int]
+
+
+EmbeddingInput = str | list[int] | ContentInput | list[str | list[int] | ContentInput]
+
+
 class EmbeddingRequest(_Request):
-    input: PromptField = Field(description="text, texts, token ids or lists of token ids")
+    input: EmbeddingInput = Field(
+        description="text, token ids, a {content} object, or a list of them (one embedding each)"
+    )
     model: str | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1)

@@ -40,12 +40,13 @@ class LoadedModel:
         chat_template: str | None = None,
         named_templates: NamedTemplates | None = None,
         reasoning_format: str = "deepseek",
+        pooling: str | None = None,
         close_engine: bool = True,
         on_close: Callable[[], None] | None = None,
     ) -> LoadedModel:
         """The services over a started scheduler; ``close_engine=False`` for an engine the caller owns."""
         pipeline = Pipeline(engine, scheduler, model_id=model_id, limits=limits)
-        embeddings = EmbeddingsService.for_engine(engine, model_id=model_id)
+        embeddings = EmbeddingsService.for_engine(engine, model_id=model_id, pooling=pooling)
 
         def close() -> None:
             scheduler.stop()
