@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import Engine
-from server.prompting.chat_template import NamedTemplates
+from server.prompting.named import NamedTemplates
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidRequestError, LlamaserveError
 from server.prompting import llama3
+from server.prompting.named import NamedTemplate, NamedTemplates
 from server.prompting.template_guard import RENDER_SECONDS, GuardedSandbox, render_guarded
 from server.prompting.tools import ToolPlan, ToolStyle, generic_messages
 
@@ -179,37 +180,6 @@ class Llama31Template:
         return llama3.render(
             messages, tools=tools, add_generation_prompt=add_generation_prompt, date=date, bos_token=self.bos_token
         )
-
-
-class NamedTemplates(Protocol):
-    """Templates known by name outside this package (llama.cpp's: ``server.engine.llama.chat_builtin``)."""
-
-    def names(self) -> frozenset[str]: ...
-
-    def apply(self, name: str, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str: ...
-
-
-class NamedTemplate:
-    """One of llama.cpp's named templates: role and content text only (tools reach it as text)."""
-
-    tool_style: ToolStyle = "generic"
-    reads = frozenset({"add_generation_prompt"})
-
-    def __init__(self, name: str, templates: NamedTemplates, *, bos_token: str = "") -> None:
-        self.name = name
-        self.bos_token = bos_token
-        self._templates = templates
-
-    def render(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        variables: Mapping[str, Any] | None = None,
-    ) -> str:
-        pairs = [(str(m.get("role")), _content_text(m.get("content"))) for m in messages]
-        return self._templates.apply(self.name, pairs, add_generation_prompt)
 
 
 def _raise(message: str) -> None:

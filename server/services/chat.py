@@ -15,8 +15,9 @@ from typing import Any, cast
 
 from server.engine.base import Engine
 from server.errors import InvalidRequestError
-from server.prompting.chat_template import ChatTemplate, NamedTemplates, render_chat, select_template
+from server.prompting.chat_template import ChatTemplate, render_chat, select_template
 from server.prompting.grammar import JSON_OBJECT_GBNF
+from server.prompting.named import NamedTemplates
 from server.prompting.tools import ToolPlan, plan_tools, response_message_parts
 from server.protocol import (
     UNSUPPORTED_CHAT_FIELDS,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import Engine
-from server.prompting.chat_template import NamedTemplates
+from server.prompting.named import NamedTemplates
 from server.runtime.scheduler import Scheduler
 from server.services.chat import ChatService, template_for
 from server.services.completions import CompletionService
