@@ -330,7 +330,8 @@ def open_final_message(rendered: str, final_text: str) -> str:
     at = rendered.rfind(stripped)
     if at < 0:
         raise InvalidRequestError(
-            "The final message cannot be continued: the chat template does not show its text as given.",
+            "The final message cannot be continued: the chat template does not show its text as given "
+            "(send continue_final_message: false to answer it instead).",
             param="messages",
         )
     kept = final_text.lstrip()
