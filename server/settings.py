@@ -52,7 +52,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(default=None, description="GGUF file (default: the bundled SmolLM2)")
-    alias: str | None = Field(default=None, description="id in /v1/models and the `model` field that routes to it")
+    alias: str | None = Field(
+        default=None, description="id in /v1/models and the `model` field that routes to it; more names after commas"
+    )
     ctx_size: int | None = Field(default=None, ge=0, description="context tokens per sequence")
     parallel: int | None = Field(default=None, ge=1, le=256, description="sequence slots decoded together")
     chat_template: str | None = Field(default=None, description="chat template name or Jinja file")
@@ -75,7 +77,25 @@ class Settings(BaseSettings):
     model: str | None = Field(
         default=None, description="GGUF file to serve; a split model loads from its first part (default: bundled)"
     )
-    alias: str | None = Field(default=None, description="model id shown in /v1/models (default: the file name)")
+    alias: str | None = Field(
+        default=None,
+        description="model id shown in /v1/models (default: the file name); more names after commas: id,name2,...",
+    )
+    strict_model_name: bool = Field(
+        default=False, description="answer an unknown `model` name with 404 even when one model is served"
+    )
+    default_model: str | None = Field(
+        default=None, description="with several models: the one that answers an unknown `model` name (default: 404)"
+    )
+    pooling: Literal["mean", "cls", "last", "none"] | None = Field(
+        default=None,
+        description="how /v1/embeddings pools token vectors (default: the GGUF's own; mean when it says none); "
+        "none: per-token vectors, which /v1/embeddings refuses",
+    )
+    reasoning_format: Literal["none", "deepseek"] = Field(
+        default="deepseek",
+        description="deepseek: a reply's <think>...</think> goes to reasoning_content; none: left in the content",
+    )
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8080, ge=0, le=65535, description="port to bind (0 = any free port)")
     parallel: int = Field(default=4, ge=1, le=256, description="sequence slots decoded together")
@@ -139,7 +159,12 @@ class Settings(BaseSettings):
         "such as the inference gateway's endpoint picker)",
     )
     cors_origins: list[str] = Field(
-        default_factory=list, description="origins allowed by CORS (repeatable; '*' = any; empty = CORS off)"
+        default_factory=list,
+        description="origins allowed by CORS (repeatable; '*' = any; 'localhost' = any loopback origin, any port; "
+        "empty = CORS off)",
+    )
+    cors_credentials: bool = Field(
+        default=False, description="let allowed origins send credentials (cookies, HTTP auth) with CORS requests"
     )
     shutdown_timeout: float = Field(
         default=30.0, ge=0, description="seconds running requests may finish after SIGTERM before they are ended"
@@ -205,6 +230,10 @@ class Settings(BaseSettings):
             if entry.key not in self.api_keys:
                 self.api_keys.append(entry.key)
         return self
+
+    def model_names(self) -> list[str]:
+        """The names ``alias`` gives this model, the id first (``-a id,name2``: llama-server's spelling)."""
+        return [name.strip() for name in (self.alias or "").split(",") if name.strip()]
 
     def model_settings(self) -> list[Settings]:
         """One flat Settings per model to serve: each ``[[models]]`` entry over the top level.
@@ -346,8 +375,10 @@ def load(cli: Mapping[str, Any] | None = None, config_file: Path | None = None) 
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, origins)) from None
-    aliases = [s.alias for s in settings.model_settings() if s.alias]
+    aliases = [name for s in settings.model_settings() for name in s.model_names()]
     dupes = sorted({a for a in aliases if aliases.count(a) > 1})
     if dupes:
         raise ConfigError(f"Two [[models]] share the alias {dupes[0]!r}; each model needs its own name.")
+    if settings.default_model is not None and settings.models and settings.default_model not in aliases:
+        raise ConfigError(f"default_model {settings.default_model!r} is none of the [[models]] aliases: {aliases}.")
     return settings

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
+from server.api.cors import LenientPreflightCORSMiddleware, cors_options
 from server.api.engines import EngineFactory, EngineSource, engine_source
 from server.api.error_handlers import install_error_handlers, render_error
 from server.api.middleware import RequestContextMiddleware
 from server.api.routes import anthropic as anthropic_routes
+from server.api.routes import at_root
 from server.api.routes import openai as openai_routes
 from server.api.routes import ops as ops_routes
 from server.api.routes import templates as template_routes
@@ -60,6 +61,9 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         scheduler,
         limits=RequestLimits.from_settings(settings),
         chat_template=settings.chat_template,
+        named_templates=source.named_templates,
+        reasoning_format=settings.reasoning_format,
+        pooling=settings.pooling,
         close_engine=source.owns_engines,
         on_close=hooks.forget,  # an unloaded model's gauges leave /metrics; its counters stay
     )
@@ -75,6 +79,8 @@ def _registry(settings: Settings, source: EngineSource, metrics: Metrics) -> Mod
         serve=lambda s, engine: _serve_model(metrics, source, s, engine),
         max_loaded=settings.max_loaded_models,
         idle_unload=settings.idle_unload,
+        strict_names=settings.strict_model_name,
+        fallback=settings.default_model,
     )
     for model_id in registry.ids:
         metrics.model(model_id)  # its counters at 0 before its first load, so rate() sees the first event
@@ -134,16 +140,12 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     if settings.cors_origins:
         # Outermost, so that preflights are answered before the key check and 401s carry CORS headers.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=["*"] if "*" in settings.cors_origins else settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Api-Key", "X-Request-Id"],
-            expose_headers=["Retry-After", "X-Request-Id"],
-        )
+        app.add_middleware(LenientPreflightCORSMiddleware, **cors_options(settings))
     install_error_handlers(app)
     for routes in (openai_routes, anthropic_routes, ops_routes, template_routes, token_routes):
         app.include_router(routes.router)
+    for routes in (openai_routes, anthropic_routes):
+        app.include_router(at_root(routes.router))  # /chat/completions as /v1/chat/completions
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():
         app.mount("/", WebFiles(directory=WEB_DIR, html=True), name="web")

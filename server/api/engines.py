@@ -15,6 +15,7 @@ from pathlib import Path
 
 from server.engine.base import Engine
 from server.engine.prompt_cache.cache import PromptCacheConfig
+from server.prompting.named import NamedTemplates
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,13 @@ class EngineSource:
     # The model id when the settings give no alias; None: from the model file's name.
     default_id: str | None = None
     owns_engines: bool = True  # False: the caller's engine outlives the app
+    named_templates: NamedTemplates | None = None  # the chat templates the engine knows by name
+
+
+def llama_source() -> EngineSource:
+    from server.engine.llama.chat_builtin import LlamaNamedTemplates
+
+    return EngineSource(load_llama_engine, named_templates=LlamaNamedTemplates())
 
 
 def load_llama_engine(settings: Settings) -> Engine:
@@ -127,4 +135,4 @@ def engine_source(engine: Engine | None, factory: EngineFactory | None) -> Engin
         return EngineSource(lambda settings: engine, default_id=engine.info.id, owns_engines=False)
     if factory is not None:
         return EngineSource(factory)
-    return fake_engine_from_env() or EngineSource(load_llama_engine)
+    return fake_engine_from_env() or llama_source()

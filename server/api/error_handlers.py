@@ -34,12 +34,12 @@ from server.ops.logs import request_id_var
 log = logging.getLogger(__name__)
 
 
-ANTHROPIC_PREFIX = "/v1/messages"
+ANTHROPIC_PREFIXES = ("/v1/messages", "/messages")  # the unprefixed twin too (see create_app)
 
 
 def is_anthropic_route(path: str) -> bool:
     """``/v1/messages`` and everything under it speaks Anthropic's protocol (query strings aside)."""
-    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in ANTHROPIC_PREFIXES)
 
 
 def error_body(exc: LlamaserveError, path: str) -> dict[str, object]:

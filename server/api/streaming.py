@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
-from server.api.error_handlers import ANTHROPIC_PREFIX, error_body
+from server.api.error_handlers import ANTHROPIC_PREFIXES, error_body
 from server.errors import LlamaserveError
 from server.services.pipeline import Chunk, Generation
 
@@ -100,6 +100,6 @@ async def anthropic_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[s
     """Each chunk is one event whose ``type`` names it; the anthropic SDK skips unnamed events."""
     async for item in _until_error(chunks):
         if isinstance(item, LlamaserveError):
-            yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIX))}
+            yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIXES[0]))}
             return
         yield {"event": str(item["type"]), "data": _dumps(item)}

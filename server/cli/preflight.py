@@ -79,9 +79,11 @@ def check_model(s: Settings) -> CheckedModel:
         )
         ctx = trained
     if s.chat_template:
+        from server.engine.llama.chat_builtin import LlamaNamedTemplates
         from server.prompting.chat_template import select_template
 
-        select_template(None, override=s.chat_template)  # raises for an unknown name or unreadable file
+        # Raises for an unknown name or an unreadable file.
+        select_template(None, override=s.chat_template, named=LlamaNamedTemplates())
     per_token = summary.kv_bytes_per_token() or 0
     resolved = s.model_copy(update={"model": str(path), "alias": s.alias or default_model_id(path), "ctx_size": ctx})
     return CheckedModel(resolved, summary, per_token * ctx * s.parallel)

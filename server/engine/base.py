@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from server.engine.prompt_cache.stats import CacheStats
 
@@ -181,6 +181,11 @@ class Embedder(Protocol):
         ...
 
 
+# How an embedding is made from an input's token vectors: their mean, the first token's (BERT's CLS),
+# or the last token's (decoder embedding models).
+Pooling = Literal["mean", "cls", "last"]
+
+
 class Engine(Protocol):
     @property
     def info(self) -> ModelInfo: ...
@@ -251,8 +256,9 @@ class Engine(Protocol):
         """
         ...
 
-    def make_embedder(self, n_ctx: int) -> Embedder:
-        """A new embedder on this engine's loaded model, holding inputs of up to ``n_ctx`` tokens.
+    def make_embedder(self, n_ctx: int, *, pooling: Pooling | None = None) -> Embedder:
+        """A new embedder on this engine's loaded model, holding inputs of up to ``n_ctx`` tokens,
+        pooling each input's token vectors as ``pooling`` says (None: as the model's file says).
 
         Raises :class:`EmbeddingsUnavailableError` when the engine cannot embed. Unlike the other
         methods it may be called from any thread (the service makes the embedder in a worker

@@ -24,6 +24,7 @@ from server.engine.base import (
     EngineError,
     InvalidGrammarError,
     ModelInfo,
+    Pooling,
     PromptTooLongError,
     SamplingParams,
     SlotBusyError,
@@ -248,7 +249,7 @@ class FakeEngine:
             s.next_token = None
             s.cache = []
 
-    def make_embedder(self, n_ctx: int) -> Embedder:
+    def make_embedder(self, n_ctx: int, *, pooling: Pooling | None = None) -> Embedder:
         """The embedder given to the constructor (the same one each time), whatever ``n_ctx``."""
         if self._embedder is None:
             raise EmbeddingsUnavailableError("this fake engine was given no embedder")

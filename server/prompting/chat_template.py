@@ -2,7 +2,8 @@
 
 Selection (:func:`select_template`), first match wins:
 
-1. ``--chat-template NAME|FILE``: a built-in name (``llama-3.1``, ``chatml``) or a Jinja file.
+1. ``--chat-template NAME|FILE``: a built-in name (``llama-3.1``, ``chatml``), a name llama.cpp knows
+   (``gemma``, ``mistral-v7``, ...: rendered by llama.cpp, given as ``named``), or a Jinja file.
 2. A GGUF template that is Llama 3.1's (header tokens plus its ``ipython``/date markers)
    -> the native builder in :mod:`server.prompting.llama3` (plain Python, byte-identical to Meta's).
 3. Any other GGUF template -> that template in a sandboxed Jinja environment.
@@ -26,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidRequestError, LlamaserveError
 from server.prompting import llama3
+from server.prompting.named import NamedTemplate, NamedTemplates
 from server.prompting.template_guard import RENDER_SECONDS, GuardedSandbox, render_guarded
 from server.prompting.tools import ToolPlan, ToolStyle, generic_messages
 
@@ -57,6 +59,7 @@ class ChatTemplate(Protocol):
     name: str
     bos_token: str  # the text the rendered prompt starts with when it carries BOS ("" if never)
     tool_style: ToolStyle
+    reads: frozenset[str]  # the variables it reads besides messages (enable_thinking: it can switch thinking)
 
     def render(
         self,
@@ -64,7 +67,15 @@ class ChatTemplate(Protocol):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
     ) -> str: ...
+
+
+# What a template may read besides ``messages``, as Hugging Face and llama.cpp give it; a request's
+# ``chat_template_kwargs`` may add simple values but never replace these.
+RESERVED_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+)
 
 
 # ---- normalisation ----------------------------------------------------------------------------
@@ -128,7 +139,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                 }
                 for c in calls
             ]
-        for key in ("name", "tool_call_id"):
+        for key in ("name", "tool_call_id", "reasoning_content"):
             if m.get(key) is not None:
                 msg[key] = m[key]
         out.append(msg)
@@ -148,6 +159,7 @@ class Llama31Template:
 
     name = "llama-3.1"
     tool_style: ToolStyle = "llama3"
+    reads = frozenset({"tools", "add_generation_prompt", "bos_token", "date_string"})
 
     def __init__(self, *, date: str | None = None, bos_token: str = llama3.BOS) -> None:
         # None: today's date at each render, as llama.cpp passes it.
@@ -160,9 +172,13 @@ class Llama31Template:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
+        # Of the variables, only the official template's own `date_string` changes what it writes.
+        asked = (variables or {}).get("date_string")
+        date = asked if isinstance(asked, str) else self.date
         return llama3.render(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, date=self.date, bos_token=self.bos_token
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, date=date, bos_token=self.bos_token
         )
 
 
@@ -200,8 +216,10 @@ class JinjaChatTemplate:
         name: str = "jinja",
         render_seconds: float = RENDER_SECONDS,
     ) -> None:
+        env = sandboxed_environment()
         try:
-            self._template = sandboxed_environment().from_string(source)
+            self._template = env.from_string(source)
+            self.reads = frozenset(meta.find_undeclared_variables(env.parse(source)))
         except TemplateError as exc:
             raise ChatTemplateError(f"The chat template ({name}) does not compile: {exc}") from exc
         self.source = source
@@ -217,15 +235,20 @@ class JinjaChatTemplate:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> str:
+        # As llama.cpp renders: today's date in the `26 Jul 2024` form Llama 3.x templates default to
+        # (else they print their own 2024 date), then the request's chat_template_kwargs, then ours.
         context = {
+            "date_string": llama3.date_string(),
+            **(variables or {}),
+            **extra,
             "messages": list(messages),
             "add_generation_prompt": add_generation_prompt,
             "tools": tools,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
-            **extra,
         }
         try:
             # A time and size limit (server/prompting/template_guard.py): a template is someone else's code.
@@ -256,12 +279,14 @@ def select_template(
     has_special_token: Callable[[str], bool] = lambda text: False,
     bos_token: str = "",
     eos_token: str = "",
+    named: NamedTemplates | None = None,
 ) -> ChatTemplate:
     """Pick the model's template (order in the module docstring).
 
     ``has_special_token(text)`` says whether ``text`` tokenizes as one special token of the
     model's vocabulary; ``bos_token``/``eos_token`` are the texts templates start/end with
-    (give "" when the tokenizer adds BOS, and then tokenize with BOS added).
+    (give "" when the tokenizer adds BOS, and then tokenize with BOS added). ``named``: the
+    templates llama.cpp knows by name, after ours (``llama3`` and ``chatml`` stay ours).
     """
     if override:
         key = override.strip().lower()
@@ -269,9 +294,12 @@ def select_template(
             return Llama31Template(bos_token=bos_token)
         if key in CHATML_NAMES:
             return JinjaChatTemplate(CHATML, bos_token=bos_token, eos_token=eos_token, name="chatml")
+        known = named.names() if named is not None else frozenset()
+        if key in known and named is not None:
+            return NamedTemplate(key, named, bos_token=bos_token)
         path = Path(override).expanduser()
         if not path.is_file():
-            names = ", ".join(sorted(LLAMA31_NAMES | CHATML_NAMES))
+            names = ", ".join(sorted(LLAMA31_NAMES | CHATML_NAMES | known))
             raise ChatTemplateError(f"--chat-template {override!r} is neither a template name ({names}) nor a file.")
         try:
             source = path.read_text(encoding="utf-8")
@@ -291,16 +319,53 @@ def select_template(
     return JinjaChatTemplate(CHATML, bos_token=bos_token, eos_token=eos_token, name="chatml")
 
 
+def open_final_message(rendered: str, final_text: str) -> str:
+    """The prompt cut right after the final message's text, so the model continues that message.
+
+    Hugging Face's ``continue_final_message`` (which vLLM follows): render the whole conversation,
+    then drop what the template wrote after the last occurrence of the final message (its end-of-turn
+    and anything later). A template that trims the text is trimmed after.
+    """
+    stripped = final_text.strip()
+    at = rendered.rfind(stripped)
+    if at < 0:
+        raise InvalidRequestError(
+            "The final message cannot be continued: the chat template does not show its text as given "
+            "(send continue_final_message: false to answer it instead).",
+            param="messages",
+        )
+    kept = final_text.lstrip()
+    end = at + len(kept) if rendered[at : at + len(kept)] == kept else at + len(stripped)
+    return rendered[:end]
+
+
 def render_chat(
     template: ChatTemplate,
     messages: Sequence[Mapping[str, Any]],
     plan: ToolPlan | None = None,
     *,
     add_generation_prompt: bool = True,
+    continue_final: bool = False,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
-    """OpenAI messages (plain dicts) and the request's tool plan -> the exact prompt text."""
+    """OpenAI messages (plain dicts) and the request's tool plan -> the exact prompt text.
+
+    ``continue_final``: the final message is left open (no end of turn, no generation prompt) for the
+    model to continue: an assistant prefill. An empty final assistant message is just the open reply.
+    """
     normalised = normalize_messages(messages)
+    final_text = normalised[-1]["content"] if continue_final and normalised else ""
+    if continue_final and not final_text.strip():
+        if not normalised or normalised[-1]["role"] != "assistant":
+            raise InvalidRequestError("Only an empty assistant message can be continued.", param="messages")
+        normalised, continue_final, add_generation_prompt = normalised[:-1], False, True
     if template.tool_style == "generic":
-        return template.render(generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt)
-    tools = plan.prompt_tools() if plan is not None else None
-    return template.render(normalised, tools=tools, add_generation_prompt=add_generation_prompt)
+        rendered = template.render(
+            generic_messages(normalised, plan), add_generation_prompt=add_generation_prompt, variables=variables
+        )
+    else:
+        tools = plan.prompt_tools() if plan is not None else None
+        rendered = template.render(
+            normalised, tools=tools, add_generation_prompt=add_generation_prompt, variables=variables
+        )
+    return open_final_message(rendered, final_text) if continue_final else rendered

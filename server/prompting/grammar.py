@@ -130,6 +130,15 @@ class _Converter:
     def fail(self, where: str, message: str) -> InvalidSchemaError:
         return InvalidSchemaError(f"JSON schema at '{where or '#'}': {message}")
 
+    def count(self, schema: Mapping[str, Any], key: str, where: str) -> int | None:
+        """A length bound (``minLength``, ``maxItems``, ...): a whole number >= 0, or None when absent."""
+        value = schema.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+            raise self.fail(where, f"'{key}' must be a non-negative integer")
+        return int(value)
+
     # -- conversion -----------------------------------------------------------------------------
 
     def convert(self, schema: Any, where: str, hint: str) -> str:
@@ -302,9 +311,8 @@ class _Converter:
         ws = self.use("ws")
         prefix = schema.get("prefixItems") or []
         items = schema.get("items")
-        lo = int(schema.get("minItems", 0))
-        hi_raw = schema.get("maxItems")
-        hi = None if hi_raw is None else int(hi_raw)
+        lo = self.count(schema, "minItems", where) or 0
+        hi = self.count(schema, "maxItems", where)
         if hi is not None and hi < lo:
             raise self.fail(where, "'maxItems' is less than 'minItems'")
         if prefix:
@@ -330,12 +338,14 @@ class _Converter:
         fmt = schema.get("format")
         if isinstance(fmt, str) and fmt in _FORMATS:
             return self.add_rule(f"format-{fmt}", _FORMATS[fmt])
-        lo = int(schema.get("minLength", 0))
-        hi = schema.get("maxLength")
+        lo = self.count(schema, "minLength", where) or 0
+        hi = self.count(schema, "maxLength", where)
         if "minLength" not in schema and hi is None:
             return self.use("string")
+        if hi is not None and hi < lo:
+            raise self.fail(where, "'maxLength' is less than 'minLength'")
         char = self.use("char")
-        count = f"{{{lo},{int(hi)}}}" if hi is not None else f"{{{lo},}}"
+        count = f"{{{lo},{hi}}}" if hi is not None else f"{{{lo},}}"
         return self.add_rule(hint or "string", f'"\\"" {char}{count} "\\""')
 
     def grammar(self, schema: Any) -> str:

@@ -24,7 +24,6 @@ UNSUPPORTED_CHAT_FIELDS: Mapping[str, Callable[[Any], bool]] = {
     "web_search_options": lambda v: False,
     "functions": lambda v: False,
     "function_call": lambda v: False,
-    "reasoning_effort": lambda v: False,
     "verbosity": lambda v: False,
     "store": lambda v: v is False,
     "service_tier": lambda v: v in ("auto", "default"),
@@ -72,6 +71,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier turn's thinking, given back to the template
 
 
 class StreamOptions(BaseModel):
@@ -85,7 +85,10 @@ class ResponseFormatText(BaseModel):
 
 
 class ResponseFormatJsonObject(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
     type: Literal["json_object"]
+    # llama-server's extension: an object held to this JSON Schema (non-strict rules).
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="a JSON Schema (extension)")
 
 
 class JsonSchemaSpec(BaseModel):
@@ -134,6 +137,9 @@ class SamplingFields(_Request):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="llama.cpp min-p (default 0.05)")
     repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0, description="llama.cpp repeat penalty")
     grammar: str | None = Field(default=None, description="GBNF grammar (root rule 'root') constraining the output")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="a JSON Schema the output is held to, as llama-server takes it (non-strict rules)"
+    )
     ignore_eos: bool | None = Field(
         default=None,
         description="never sample end-of-generation tokens (for benchmarks): generation ends on max_tokens, "
@@ -158,6 +164,19 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's prompt-ending fields (extensions); default: a final assistant message is continued.
+    add_generation_prompt: bool | None = Field(
+        default=None, description="end the prompt with the assistant's turn header (default: unless continuing)"
+    )
+    continue_final_message: bool | None = Field(
+        default=None, description="leave the final message open for the model to continue (default: if assistant)"
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        default=None, description="'none' turns a thinking template's thinking off; any other value on"
+    )
+    chat_template_kwargs: dict[str, bool | int | float | str] | None = Field(
+        default=None, description='extra template variables (simple values only), e.g. {"enable_thinking": false}'
+    )
 
 
 PromptField = str | list[str] | list[int] | list[list[int]]
@@ -172,8 +191,20 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(default=None, ge=0, le=20)
 
 
+class ContentInput(BaseModel):
+    """llama-server's object form of one embeddings input: ``{"content": text or token ids}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: str | list[int]
+
+
+EmbeddingInput = str | list[int] | ContentInput | list[str | list[int] | ContentInput]
+
+
 class EmbeddingRequest(_Request):
-    input: PromptField = Field(description="text, texts, token ids or lists of token ids")
+    input: EmbeddingInput = Field(
+        description="text, token ids, a {content} object, or a list of them (one embedding each)"
+    )
     model: str | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -239,13 +270,15 @@ class ResponseMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None  # the <think> part (--reasoning-format deepseek), as llama-server
 
     @model_serializer(mode="wrap")
     def _drop_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # content and refusal are required even when null; tool_calls is absent unless there are some.
+        # content and refusal are required even when null; tool_calls and reasoning only when there are some.
         data: dict[str, Any] = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for optional in ("tool_calls", "reasoning_content"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
 
@@ -281,6 +314,7 @@ class ToolCallDelta(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
@@ -361,12 +395,14 @@ class Model(BaseModel):
     created: int
     owned_by: str = "llamaserve"
     placement: ModelPlacement | None = None  # only for a loaded model whose placement is known
+    aliases: list[str] | None = None  # other names that route to it (-a id,name2), as llama-server lists them
 
     @model_serializer(mode="wrap")
     def _drop_unknown_placement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("placement") is None:
-            data.pop("placement", None)
+        for optional in ("placement", "aliases"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
 

@@ -9,14 +9,15 @@ built once per request and travels with the prepared request to the output side.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from server.engine.base import Engine
 from server.errors import InvalidRequestError
 from server.prompting.chat_template import ChatTemplate, render_chat, select_template
-from server.prompting.grammar import JSON_OBJECT_GBNF, InvalidSchemaError, json_schema_to_gbnf
+from server.prompting.grammar import JSON_OBJECT_GBNF
+from server.prompting.named import NamedTemplates
 from server.prompting.tools import ToolPlan, plan_tools, response_message_parts
 from server.protocol import (
     UNSUPPORTED_CHAT_FIELDS,
@@ -28,6 +29,7 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     ChunkDelta,
+    CompletionTokensDetails,
     ResponseFormatJsonObject,
     ResponseFormatJsonSchema,
     ResponseMessage,
@@ -39,7 +41,15 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_chat_request, refuse_unsupported
 from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
-from server.services.tool_stream import choice_streamer
+from server.services.reasoning import (
+    ReasoningSplitter,
+    opens_thinking,
+    reasoning_deltas,
+    split_all,
+    template_variables,
+)
+from server.services.sampling import request_grammar, schema_grammar
+from server.services.tool_stream import ChoiceStreamer, ToolChoiceStreamer, choice_streamer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,11 @@ class PreparedChat:
     logprobs: bool
     stream: bool
     include_usage: bool
+    # None: the reply is all content; else whether it starts inside a <think> block (services/reasoning.py)
+    thinking: bool | None = None
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return None if self.thinking is None else ReasoningSplitter(open_at_start=self.thinking)
 
 
 @dataclass
@@ -63,7 +78,7 @@ def special_text(engine: Engine, token: int | None) -> str:
     return "" if token is None else engine.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
 
-def template_for(engine: Engine, override: str | None = None) -> ChatTemplate:
+def template_for(engine: Engine, override: str | None = None, named: NamedTemplates | None = None) -> ChatTemplate:
     """The template of the engine's model (compiled once: keep it for the model's lifetime)."""
     info = engine.info
 
@@ -76,41 +91,61 @@ def template_for(engine: Engine, override: str | None = None) -> ChatTemplate:
         has_special_token=has_special_token,
         bos_token=special_text(engine, info.bos_token),
         eos_token=special_text(engine, info.eos_token),
+        named=named,
     )
     log.info("chat template: %s (tools: %s format)", template.name, template.tool_style)
     return template
 
 
 def grammar_for(req: ChatCompletionRequest) -> tuple[str | None, str | None]:
-    """The GBNF that ``response_format`` (or our ``grammar`` extension) asks for, and that field's name."""
+    """The GBNF that ``response_format`` (or our ``grammar``/``json_schema`` extensions) asks for, and
+    that field's name."""
     fmt = req.response_format
     structured = isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema)
-    if structured and req.grammar is not None:
-        raise InvalidRequestError("Give either 'grammar' or a JSON 'response_format', not both.", param="grammar")
+    for own in ("grammar", "json_schema"):
+        if structured and getattr(req, own) is not None:
+            raise InvalidRequestError(f"Give either '{own}' or a JSON 'response_format', not both.", param=own)
     if isinstance(fmt, ResponseFormatJsonObject):
-        return JSON_OBJECT_GBNF, "response_format"
+        if fmt.schema_ is None:
+            return JSON_OBJECT_GBNF, "response_format"
+        return schema_grammar(fmt.schema_, strict=False, param="response_format.schema"), "response_format.schema"
     if isinstance(fmt, ResponseFormatJsonSchema):
         spec = fmt.json_schema
         if spec.schema_ is None:
             return JSON_OBJECT_GBNF, "response_format"
-        try:
-            return json_schema_to_gbnf(spec.schema_, strict=bool(spec.strict)), "response_format.json_schema.schema"
-        except InvalidSchemaError as exc:
-            exc.param = "response_format.json_schema.schema"
-            raise
-    return req.grammar, "grammar" if req.grammar is not None else None
+        param = "response_format.json_schema.schema"
+        return schema_grammar(spec.schema_, strict=bool(spec.strict), param=param), param
+    return request_grammar(req)
+
+
+def prompt_ending(req: ChatCompletionRequest) -> tuple[bool, bool]:
+    """``(add_generation_prompt, continue_final)`` as vLLM defines the two fields, with llama-server's
+    default: a final assistant message (not a tool call) is a prefill, continued rather than answered."""
+    if req.continue_final_message and req.add_generation_prompt:
+        raise InvalidRequestError(
+            "'continue_final_message' and 'add_generation_prompt' cannot both be true: a prompt either leaves "
+            "the final message open or starts a new assistant turn.",
+            param="continue_final_message",
+        )
+    last = req.messages[-1]
+    if req.continue_final_message and last.tool_calls:
+        raise InvalidRequestError("A final tool-call message cannot be continued.", param="continue_final_message")
+    prefill = last.role == "assistant" and not last.tool_calls and req.add_generation_prompt is not True
+    continue_final = prefill if req.continue_final_message is None else req.continue_final_message
+    add = (not continue_final) if req.add_generation_prompt is None else req.add_generation_prompt
+    return add, continue_final
 
 
 class ChatService:
-    def __init__(self, pipeline: Pipeline, template: ChatTemplate) -> None:
+    def __init__(self, pipeline: Pipeline, template: ChatTemplate, *, split_reasoning: bool = False) -> None:
         self.pipeline = pipeline
         self.template = template
+        self.split_reasoning = split_reasoning  # --reasoning-format deepseek
 
     # ---- preparing --------------------------------------------------------------------------
 
     def _checked_plan(self, req: ChatCompletionRequest) -> ToolPlan | None:
         """Every check a chat request gets before rendering; returns its tool plan (built once)."""
-        self.pipeline.check_model(req.model)
         check_chat_request(req, self.pipeline.limits)
         refuse_unsupported(req.model_extra or {}, UNSUPPORTED_CHAT_FIELDS)
         return plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, self.template.tool_style)
@@ -128,7 +163,8 @@ class ChatService:
                     param="tool_choice",
                 )
             grammar, grammar_param = tool_grammar, "tools"
-        prompt = self.tokenize_prompt(self.render_prompt(req.messages, plan))
+        text = self.render_request(req, plan)
+        prompt = self.tokenize_prompt(text)
         generation = self.pipeline.prepare(
             req,
             [prompt],
@@ -142,9 +178,29 @@ class ChatService:
             caller=caller,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage)
+        # A grammar writes the reply's shape itself: nothing in it is thinking.
+        thinking = opens_thinking(text) if self.split_reasoning and grammar is None else None
+        return PreparedChat(generation, plan, bool(req.logprobs), bool(req.stream), include_usage, thinking)
 
-    def render_prompt(self, messages: Sequence[ChatMessage], plan: ToolPlan | None = None) -> str:
+    def render_request(self, req: ChatCompletionRequest, plan: ToolPlan | None) -> str:
+        add_generation_prompt, continue_final = prompt_ending(req)
+        return self.render_prompt(
+            req.messages,
+            plan,
+            add_generation_prompt=add_generation_prompt,
+            continue_final=continue_final,
+            variables=template_variables(req, self.template),
+        )
+
+    def render_prompt(
+        self,
+        messages: Sequence[ChatMessage],
+        plan: ToolPlan | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        continue_final: bool = False,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
         plain: list[dict[str, object]] = []
         for i, m in enumerate(messages):
             if m.role == "tool" and not m.tool_call_id:
@@ -155,9 +211,18 @@ class ChatService:
                 entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             if m.tool_call_id:
                 entry["tool_call_id"] = m.tool_call_id
+            if m.reasoning_content:
+                entry["reasoning_content"] = m.reasoning_content  # for templates that show earlier thinking
             plain.append(entry)
         # chat_template.py decodes tool-call arguments, shows the tools, and renders.
-        return render_chat(self.template, plain, plan)
+        return render_chat(
+            self.template,
+            plain,
+            plan,
+            add_generation_prompt=add_generation_prompt,
+            continue_final=continue_final,
+            variables=variables,
+        )
 
     def tokenize_prompt(self, text: str) -> list[int]:
         # A template that writes the BOS text itself must not get a second BOS from the tokenizer.
@@ -167,7 +232,7 @@ class ChatService:
 
     def apply_template(self, req: ChatCompletionRequest) -> str:
         """``POST /apply-template``: the prompt text ``req`` would generate from, checked like a chat request."""
-        return self.render_prompt(req.messages, self._checked_plan(req))
+        return self.render_request(req, self._checked_plan(req))
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -224,13 +289,17 @@ class ChatGeneration:
             elif p.logprobs:
                 choices[i].logprobs.append(self._logprob_entry(ev))
         out: list[ChatChoice] = []
+        reasoning_tokens = 0
         for i, c in enumerate(choices):
-            content, tool_calls = response_message_parts(p.plan, c.text)
+            splitter = p.splitter()
+            reasoning, text = split_all(splitter, c.parts) if splitter is not None else (None, c.text)
+            reasoning_tokens += splitter.reasoning_tokens if splitter is not None else 0
+            content, tool_calls = response_message_parts(p.plan, text)
             reason = pipe.finish_reason(c.finish.reason if c.finish else None)
             out.append(
                 ChatChoice(
                     index=i,
-                    message=ResponseMessage(content=content, tool_calls=tool_calls),
+                    message=ResponseMessage(content=content, tool_calls=tool_calls, reasoning_content=reasoning),
                     logprobs=ChoiceLogprobs(content=c.logprobs) if p.logprobs else None,
                     finish_reason="tool_calls" if tool_calls else reason,
                 )
@@ -241,7 +310,7 @@ class ChatGeneration:
             model=pipe.model_id,
             system_fingerprint=pipe.fingerprint,
             choices=out,
-            usage=pipe.usage(p.generation, [c.finish for c in choices]),
+            usage=with_reasoning_tokens(pipe.usage(p.generation, [c.finish for c in choices]), reasoning_tokens),
         )
 
     def _chunk(self, created: int, choices: list[ChunkChoice], usage: Usage | None = None) -> Chunk:
@@ -259,12 +328,14 @@ class ChatGeneration:
         p, created = self.prepared, self._pipeline.now()
         n = p.generation.n_choices
         streamers = [choice_streamer(p.plan) for _ in range(n)]
+        splitters = [p.splitter() for _ in range(n)]
         for i in range(n):
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         finishes: list[FinishEvent | None] = [None] * n
         async for i, ev in self._pipeline.events(p.generation, self._handles):
+            splitter = splitters[i]
             if isinstance(ev, TokenEvent):
-                deltas = streamers[i].push(ev.text)
+                deltas = _split_push(splitter, streamers[i], ev.text)
                 if p.logprobs:
                     lp = ChoiceLogprobs(content=[self._logprob_entry(ev)])
                     first = deltas.pop(0) if deltas else ChunkDelta(content="")
@@ -273,10 +344,35 @@ class ChatGeneration:
                     yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
                 continue
             finishes[i] = ev
-            deltas, made_calls = streamers[i].finish(ev.text)
+            deltas, made_calls = _split_finish(splitter, streamers[i], ev.text)
             for d in deltas:
                 yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
             reason = "tool_calls" if made_calls else self._pipeline.finish_reason(ev.reason)
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=reason)])
         if p.include_usage:
-            yield self._chunk(created, [], self._pipeline.usage(p.generation, finishes))
+            thought = sum(s.reasoning_tokens for s in splitters if s is not None)
+            yield self._chunk(created, [], with_reasoning_tokens(self._pipeline.usage(p.generation, finishes), thought))
+
+
+Streamer = ChoiceStreamer | ToolChoiceStreamer
+
+
+def _split_push(splitter: ReasoningSplitter | None, streamer: Streamer, text: str) -> list[ChunkDelta]:
+    """One token's deltas: its thinking as reasoning_content, the rest through the content streamer."""
+    if splitter is None:
+        return streamer.push(text)
+    deltas, content = reasoning_deltas(splitter.push(text))
+    return deltas + (streamer.push(content) if content else [])
+
+
+def _split_finish(splitter: ReasoningSplitter | None, streamer: Streamer, text: str) -> tuple[list[ChunkDelta], bool]:
+    if splitter is None:
+        return streamer.finish(text)
+    deltas, content = reasoning_deltas(splitter.push(text) + splitter.finish())
+    rest, made_calls = streamer.finish(content)
+    return deltas + rest, made_calls
+
+
+def with_reasoning_tokens(usage: Usage, reasoning_tokens: int) -> Usage:
+    usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+    return usage

@@ -24,7 +24,7 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_generation_fields, refuse_unsupported
 from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
-from server.services.sampling import check_token_ids
+from server.services.sampling import check_token_ids, request_grammar
 
 _REASONS = {
     "suffix": "is not supported: this model is not an infill model",
@@ -53,7 +53,6 @@ class CompletionService:
         self.pipeline = pipeline
 
     def _check(self, req: CompletionRequest) -> None:
-        self.pipeline.check_model(req.model)
         check_generation_fields(req, self.pipeline.limits)
         fields = {**(req.model_extra or {}), "suffix": req.suffix, "best_of": req.best_of}
         refuse_unsupported(fields, UNSUPPORTED_COMPLETION_FIELDS, _REASONS)
@@ -89,6 +88,7 @@ class CompletionService:
         self._check(req)
         self.pipeline.log_caller("completion", req, request_id)
         prompts, echo_texts = self._prompts(req)
+        grammar, grammar_param = request_grammar(req)
         generation = self.pipeline.prepare(
             req,
             prompts,
@@ -97,8 +97,8 @@ class CompletionService:
             prompt_param="prompt",
             n=req.n or 1,
             top_logprobs=req.logprobs,
-            grammar=req.grammar,
-            grammar_param="grammar" if req.grammar is not None else None,
+            grammar=grammar,
+            grammar_param=grammar_param,
             caller=caller,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

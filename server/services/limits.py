@@ -10,11 +10,13 @@ setting (``--max-messages`` and friends); the body size limit lives in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from server.errors import InvalidRequestError, UnsupportedFieldError
+from server.prompting.chat_template import RESERVED_VARIABLES
 from server.protocol import ChatCompletionRequest, SamplingFields
 from server.settings import Settings
 
@@ -130,8 +132,35 @@ def check_generation_fields(req: SamplingFields, limits: RequestLimits) -> None:
     bad = first_unencodable_string(req.model_dump(by_alias=True, exclude_none=True))
     if bad is not None:
         raise InvalidRequestError(f"'{bad}' holds text that is not valid Unicode (a lone surrogate).", param=bad)
+    depth = limits.max_json_depth
+    if req.json_schema is not None and json_depth_exceeds(req.json_schema, depth):
+        raise InvalidRequestError(f"'json_schema' nests deeper than {depth} levels.", param="json_schema")
     if req.stream_options is not None and not req.stream:
         raise InvalidRequestError("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+# chat_template_kwargs: variables for someone else's template code, so few, named plainly, and small.
+MAX_TEMPLATE_KWARGS = 32
+MAX_TEMPLATE_KWARG_CHARS = 4096
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_template_kwargs(kwargs: Mapping[str, object] | None) -> None:
+    """``chat_template_kwargs`` within bounds; the protocol already holds each value to a simple type."""
+    if not kwargs:
+        return
+    if len(kwargs) > MAX_TEMPLATE_KWARGS:
+        raise InvalidRequestError(
+            f"'chat_template_kwargs' may hold at most {MAX_TEMPLATE_KWARGS} variables.", param="chat_template_kwargs"
+        )
+    for name, value in kwargs.items():
+        where = f"chat_template_kwargs.{name}"
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise InvalidRequestError(f"'{name}' is not a template variable name.", param="chat_template_kwargs")
+        if name in RESERVED_VARIABLES:
+            raise InvalidRequestError(f"'{name}' is set by the server and cannot be passed here.", param=where)
+        if isinstance(value, str) and len(value) > MAX_TEMPLATE_KWARG_CHARS:
+            raise InvalidRequestError(f"'{where}' is longer than {MAX_TEMPLATE_KWARG_CHARS} characters.", param=where)
 
 
 def check_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> None:
@@ -142,6 +171,7 @@ def check_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> Non
             param="messages",
         )
     check_generation_fields(req, limits)
+    check_template_kwargs(req.chat_template_kwargs)
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     depth = limits.max_json_depth

@@ -27,6 +27,7 @@ from server.services.messages_prompt import (
     chat_messages,
     check_create,
     check_input,
+    continues_final,
     function_tools,
     openai_tool_choice,
 )
@@ -40,13 +41,14 @@ class MessagesService:
 
     def _prompt(self, req: MessagesInput) -> tuple[list[int], ToolPlan | None]:
         """Check, plan the tools, render and tokenize (blocking: run off the event loop)."""
-        self.pipeline.check_model(req.model)
         refuse_unsupported(
             {name: getattr(req, name, None) for name in UNSUPPORTED_MESSAGE_FIELDS}, UNSUPPORTED_MESSAGE_FIELDS
         )
         choice, parallel = openai_tool_choice(req)
         plan = plan_tools(function_tools(req), choice, parallel, self.chat.template.tool_style)
-        text = self.chat.render_prompt(chat_messages(req), plan)
+        messages = chat_messages(req)
+        prefill = continues_final(messages)
+        text = self.chat.render_prompt(messages, plan, add_generation_prompt=not prefill, continue_final=prefill)
         return self.chat.tokenize_prompt(text), plan
 
     def count(self, req: MessagesInput) -> MessageTokensCount:

@@ -10,9 +10,11 @@ renders, so both APIs show a model the same prompt for the same conversation:
   the rest of their user turn; ``tool_use`` blocks become the assistant turn's tool calls.
 - Consecutive turns of one role merge into one, as Anthropic combines them.
 - ``thinking`` blocks of earlier turns are dropped, as Anthropic drops them from the context.
+- A final assistant turn of text is a prefill: the model continues it (``continues_final``), and, as
+  Anthropic requires, it may not end in whitespace.
 
 Everything this server cannot read is a 400 naming it: image and document blocks, server tools,
-a final assistant turn (prefill), thinking with a budget.
+a final assistant turn of tool calls, thinking with a budget.
 """
 
 from __future__ import annotations
@@ -145,14 +147,18 @@ def chat_messages(req: MessagesInput) -> list[ChatMessage]:
             _merged(out, _assistant_turn(blocks, where))
     if not out:
         raise InvalidRequestError("'messages' holds no user turn.", param="messages")
-    if out[-1].role == "assistant":
-        raise InvalidRequestError(
-            "Prefilling the assistant's reply (a final assistant message) is not supported by this server: "
-            "end 'messages' with a user turn.",
-            param=f"messages[{len(req.messages) - 1}]",
-        )
+    last, at = out[-1], f"messages[{len(req.messages) - 1}]"
+    if last.role == "assistant" and last.tool_calls:
+        raise InvalidRequestError("A final assistant turn of tool calls cannot be continued.", param=at)
+    if last.role == "assistant" and isinstance(last.content, str) and last.content != last.content.rstrip():
+        raise InvalidRequestError("final assistant content cannot end with trailing whitespace", param=at)
     text = BLOCK_SEPARATOR.join(p for p in system_parts if p)
     return [ChatMessage(role="system", content=text), *out] if text else out
+
+
+def continues_final(messages: Sequence[ChatMessage]) -> bool:
+    """A final assistant turn is Anthropic's prefill: the reply continues it."""
+    return bool(messages) and messages[-1].role == "assistant"
 
 
 # ---- tools ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import Engine
+from server.prompting.named import NamedTemplates
 from server.runtime.scheduler import Scheduler
 from server.services.chat import ChatService, template_for
 from server.services.completions import CompletionService
@@ -37,12 +38,15 @@ class LoadedModel:
         *,
         limits: RequestLimits | None = None,
         chat_template: str | None = None,
+        named_templates: NamedTemplates | None = None,
+        reasoning_format: str = "deepseek",
+        pooling: str | None = None,
         close_engine: bool = True,
         on_close: Callable[[], None] | None = None,
     ) -> LoadedModel:
         """The services over a started scheduler; ``close_engine=False`` for an engine the caller owns."""
         pipeline = Pipeline(engine, scheduler, model_id=model_id, limits=limits)
-        embeddings = EmbeddingsService.for_engine(engine, model_id=model_id)
+        embeddings = EmbeddingsService.for_engine(engine, model_id=model_id, pooling=pooling)
 
         def close() -> None:
             scheduler.stop()
@@ -52,7 +56,8 @@ class LoadedModel:
             if on_close is not None:
                 on_close()
 
-        chat = ChatService(pipeline, template_for(engine, chat_template))
+        template = template_for(engine, chat_template, named_templates)
+        chat = ChatService(pipeline, template, split_reasoning=reasoning_format == "deepseek")
         return cls(
             model_id=model_id,
             engine=engine,

@@ -38,7 +38,6 @@ from server.errors import (
     GenerationError,
     InvalidRequestError,
     LlamaserveError,
-    ModelNotFoundError,
 )
 from server.protocol import LOGGED_FIELDS, PromptTokensDetails, SamplingFields, Usage
 from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
@@ -141,10 +140,6 @@ class Pipeline:
         thread's decode is safe; the event loop meanwhile serves every other stream.
         """
         return await asyncio.to_thread(work)
-
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_id:
-            raise ModelNotFoundError(model)
 
     @staticmethod
     def log_caller(kind: str, req: SamplingFields, request_id: str) -> None:

@@ -1,7 +1,10 @@
 """The models a server serves, by name: one or several, each with its own engine, slots, scheduler, services.
 
 A single model is a registry of one, so routes, health, drain and shutdown have one code
-path. A request's ``model`` field picks the model (``None`` picks the first configured one).
+path. A request's ``model`` field picks the model by its id or one of its aliases (``None`` picks
+the first configured one). A name no model has is, as llama-server and llamafile treat it, answered
+by the only model when there is one (apps send ``gpt-3.5-turbo`` whatever the server), by
+``default_model`` when several are served, and otherwise (or with ``strict_model_name``) a 404.
 A model that is not loaded is loaded on its first request, which waits for it (and is
 counted as waiting in the queue gauge meanwhile). With ``max_loaded`` set, loading one
 more unloads the least recently used model that has nothing running or queued; with
@@ -33,10 +36,16 @@ LEASE_SECONDS = 2.0
 EVICT_POLL_SECONDS = 0.05
 
 
+# How many distinct unknown model names are remembered (each is logged once); bounded, so a client
+# sending a new name with every request cannot grow the set without end.
+MAX_LOGGED_NAMES = 256
+
+
 @dataclass
 class _Entry:
     settings: Settings
     id: str
+    aliases: list[str] = field(default_factory=list)  # names besides the id that route to it
     loaded: LoadedModel | None = None
     last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -56,14 +65,26 @@ class ModelRegistry:
         max_loaded: int = 0,
         idle_unload: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        strict_names: bool = False,
+        fallback: str | None = None,
     ) -> None:
         if not models:
             raise ValueError("a registry needs at least one model")
         self._entries: dict[str, _Entry] = {}
+        self._names: dict[str, _Entry] = {}  # every id and alias -> its model
         for s in models:
-            model_id = s.alias or _model_id(s)
-            self._entries[model_id] = _Entry(s.model_copy(update={"alias": model_id}), model_id)
+            names = s.model_names() or [_model_id(s)]
+            entry = _Entry(s.model_copy(update={"alias": names[0]}), names[0], names[1:])
+            self._entries[entry.id] = entry
+            self._names.update(dict.fromkeys(names, entry))
         self.default_id = next(iter(self._entries))
+        if len(models) == 1:
+            fallback = self.default_id  # the only model answers every name
+        elif fallback is not None and fallback not in self._names:
+            raise ValueError(f"default model {fallback!r} is not served")
+        # The model an unknown name gets; None: a 404.
+        self._fallback = None if strict_names else fallback
+        self._fallback_names: set[str] = set()
         self._load = load
         self._serve = serve
         self.max_loaded = max_loaded
@@ -87,25 +108,38 @@ class ModelRegistry:
         return ModelList(data=[self.model(i) for i in self._entries])
 
     def model(self, model_id: str) -> Model:
-        entry = self._entries.get(model_id)
+        """``GET /v1/models/{id}``: by id or alias, never by the fallback (it describes what is served)."""
+        entry = self._names.get(model_id)
         if entry is None:
             raise ModelNotFoundError(model_id)
         placement = entry.loaded.engine.info.placement if entry.loaded is not None else {}
         where = ModelPlacement(split=len(placement) > 1, devices=list(placement)) if placement else None
-        return Model(id=model_id, created=self.created, placement=where)
+        return Model(id=entry.id, created=self.created, placement=where, aliases=entry.aliases or None)
 
     def loaded(self, model_id: str | None = None) -> LoadedModel | None:
         """``model_id`` (None = the first) if it is loaded now; never loads anything."""
-        entry = self._entries.get(model_id or self.default_id)
+        entry = self._names.get(model_id or self.default_id)
         return entry.loaded if entry is not None else None
 
+    def resolve(self, model: str | None) -> str:
+        """The id of the model that answers the name ``model`` (see the module docstring)."""
+        if not model:
+            return self.default_id
+        entry = self._names.get(model)
+        if entry is not None:
+            return entry.id
+        if self._fallback is None:
+            raise ModelNotFoundError(model)
+        if model not in self._fallback_names and len(self._fallback_names) < MAX_LOGGED_NAMES:
+            self._fallback_names.add(model)
+            log.info("model %r is not served; %s answers it (--strict-model-name refuses it)", model, self._fallback)
+        return self._names[self._fallback].id
+
     async def get(self, model: str | None) -> LoadedModel:
-        """The model ``model`` (None = the first), loading it first if needed."""
+        """The model that answers ``model`` (None = the first), loading it first if needed."""
         if self._closed:
             raise ServiceUnavailableError("The server is shutting down.")
-        entry = self._entries.get(model or self.default_id)
-        if entry is None:
-            raise ModelNotFoundError(model or "")
+        entry = self._entries[self.resolve(model)]
         entry.last_used = self._clock()
         if entry.loaded is None:
             self._waiting_for_load += 1

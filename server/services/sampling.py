@@ -7,9 +7,11 @@ nothing here touches the engine, so they run anywhere, a worker thread included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from server.engine.base import ModelInfo, SamplingParams
 from server.errors import ContextLengthExceededError, InvalidRequestError
+from server.prompting.grammar import InvalidSchemaError, json_schema_to_gbnf
 from server.protocol import SamplingFields
 
 # llama.cpp's defaults for the samplers OpenAI does not have; they keep small models coherent
@@ -92,3 +94,22 @@ def choice_params(
         )
         for i in range(n)
     ]
+
+
+def schema_grammar(schema: dict[str, Any], *, strict: bool, param: str) -> str:
+    """The GBNF holding output to ``schema``; a schema it cannot hold is a 400 naming ``param``."""
+    try:
+        return json_schema_to_gbnf(schema, strict=strict)
+    except InvalidSchemaError as exc:
+        exc.param = param
+        raise
+
+
+def request_grammar(req: SamplingFields) -> tuple[str | None, str | None]:
+    """The grammar our extensions ask for (``grammar`` GBNF or llama-server's top-level ``json_schema``),
+    and the name of the field that gave it (errors compiling it name that field)."""
+    if req.grammar is not None and req.json_schema is not None:
+        raise InvalidRequestError("Give either 'grammar' or 'json_schema', not both.", param="json_schema")
+    if req.json_schema is not None:
+        return schema_grammar(req.json_schema, strict=False, param="json_schema"), "json_schema"
+    return req.grammar, "grammar" if req.grammar is not None else None

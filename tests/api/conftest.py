@@ -51,8 +51,19 @@ def spec_hook(spec: OpenAISpec, checks: list[str]) -> Callable[[httpx.Response],
 
 
 @pytest.fixture
-def client(engine: FakeEngine, openai_spec: OpenAISpec, spec_checks: list[str]) -> Iterator[TestClient]:
-    app = create_app(Settings(max_queue=4), engine=engine)
+def settings() -> Settings:
+    """The app's settings (a test may parametrize ``settings`` to change them)."""
+    return Settings(max_queue=4)
+
+
+STRICT = Settings(max_queue=4, strict_model_name=True)  # an unknown model name is a 404 even with one model
+
+
+@pytest.fixture
+def client(
+    engine: FakeEngine, settings: Settings, openai_spec: OpenAISpec, spec_checks: list[str]
+) -> Iterator[TestClient]:
+    app = create_app(settings, engine=engine)
     with TestClient(app) as c:
         c.event_hooks["response"].append(spec_hook(openai_spec, spec_checks))
         yield c

@@ -7,6 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from tests.api.conftest import STRICT
+
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -63,6 +65,7 @@ def test_stop_string_is_never_returned(sdk: OpenAI) -> None:
     assert r.choices[0].message.content == "Paris is the "
 
 
+@pytest.mark.parametrize("settings", [STRICT], ids=["strict-model-name"])
 def test_unknown_model_is_404_model_not_found(sdk: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         sdk.chat.completions.create(model="gpt-9", messages=MESSAGES)  # type: ignore[arg-type]

@@ -223,3 +223,34 @@ def test_extensions_are_accepted_and_range_checked(client: TestClient) -> None:
 def test_stream_options_need_stream(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "stream_options": {"include_usage": True}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+
+
+def test_llama_server_json_extensions_are_checked_and_name_their_field(client: TestClient) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    for path, base in (("/v1/chat/completions", {"messages": MESSAGES}), ("/v1/completions", {"prompt": "x"})):
+        assert client.post(path, json={**base, "json_schema": schema}).status_code == 200
+        r = client.post(path, json={**base, "json_schema": {"type": "object", "$ref": "#/$defs/missing"}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema", r.text
+        r = client.post(path, json={**base, "json_schema": schema, "grammar": 'root ::= "x"'})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema"
+        deep: dict[str, Any] = {"type": "object"}
+        for _ in range(40):
+            deep = {"type": "array", "items": deep}
+        r = client.post(path, json={**base, "json_schema": deep})
+        assert r.status_code == 400 and "nests deeper" in r.json()["error"]["message"]
+    fmt = {"type": "json_object", "schema": {"type": "object", "$ref": "#/$defs/missing"}}
+    r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "response_format": fmt})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.schema"
+    fmt = {"type": "json_object", "schema": schema}
+    r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "response_format": fmt, "json_schema": schema})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema"
+
+
+def test_chat_template_kwargs_are_checked_over_http(client: TestClient) -> None:
+    def post(kwargs: Any) -> Any:
+        return client.post("/v1/chat/completions", json={"messages": MESSAGES, "chat_template_kwargs": kwargs})
+
+    assert post({"enable_thinking": False, "name": "x", "n": 2.5}).status_code == 200
+    for bad in ({"a": [1]}, {"tools": "x"}, "not an object"):
+        r = post(bad)
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("chat_template_kwargs"), r.text

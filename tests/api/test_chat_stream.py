@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from server.engine.fake import FakeEngine
+from tests.api.conftest import STRICT
 from tests.spec.openapi import sse_events
 
 MESSAGES: Any = [{"role": "user", "content": "What is the capital of France?"}]
@@ -88,6 +89,7 @@ def test_error_event_is_in_openai_error_shape(client: TestClient, engine: FakeEn
     assert "ErrorResponse" in spec_checks
 
 
+@pytest.mark.parametrize("settings", [STRICT], ids=["strict-model-name"])
 def test_refusals_before_the_stream_are_plain_http_errors(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "stream": True, "model": "nope"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

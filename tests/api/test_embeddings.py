@@ -18,6 +18,7 @@ from server.api.app import create_app
 from server.engine.base import Embedder
 from server.engine.fake import FakeEngine
 from server.settings import Settings
+from tests.api.conftest import STRICT
 
 DIM = 8
 
@@ -106,6 +107,7 @@ def test_refusals(client: TestClient, embedder: HashEmbedder, body: dict[str, An
     assert embedder.calls == []
 
 
+@pytest.mark.parametrize("settings", [STRICT], ids=["strict-model-name"])
 def test_unknown_model_is_404(sdk: OpenAI, embedder: HashEmbedder) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.embeddings.create(model="text-embedding-3-small", input="cat")
@@ -122,9 +124,9 @@ def test_the_embedder_is_made_once_and_closed_with_the_app(engine: FakeEngine, e
     made: list[int] = []
     make = engine.make_embedder
 
-    def counting(n_ctx: int) -> Embedder:
+    def counting(n_ctx: int, **kwargs: Any) -> Embedder:
         made.append(n_ctx)
-        return make(n_ctx)
+        return make(n_ctx, **kwargs)
 
     engine.make_embedder = counting  # type: ignore[method-assign]
     with TestClient(create_app(Settings(), engine=engine)) as client:
@@ -132,3 +134,37 @@ def test_the_embedder_is_made_once_and_closed_with_the_app(engine: FakeEngine, e
             assert client.post("/v1/embeddings", json={"input": "cat"}).status_code == 200
         assert len(made) == 1 and not embedder.closed
     assert embedder.closed
+
+
+def test_llama_server_content_objects_are_inputs(client: TestClient, embedder: HashEmbedder) -> None:
+    plain = client.post("/v1/embeddings", json={"input": ["cat", "dog"]}).json()
+    objects = client.post("/embeddings", json={"input": [{"content": "cat"}, {"content": list(b"dog")}]}).json()
+    assert [d["embedding"] for d in objects["data"]] == [d["embedding"] for d in plain["data"]]
+    assert objects["usage"] == plain["usage"]
+    one = client.post("/v1/embeddings", json={"input": {"content": "cat"}}).json()
+    assert one["data"][0]["embedding"] == plain["data"][0]["embedding"]
+    for bad in ({"content": "cat", "extra": 1}, [{"text": "cat"}], [1, "cat"], {"content": ""}):
+        r = client.post("/v1/embeddings", json={"input": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("input"), (bad, r.text)
+
+
+def test_pooling_none_is_refused_with_a_clear_message(engine: FakeEngine, embedder: HashEmbedder) -> None:
+    with TestClient(create_app(Settings(pooling="none"), engine=engine)) as client:
+        r = client.post("/v1/embeddings", json={"input": "cat"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "pooling_none"
+        assert "--pooling" in r.json()["error"]["message"] and not embedder.calls
+
+
+@pytest.mark.parametrize("pooling", ["cls", "last", None])
+def test_pooling_reaches_the_engine(engine: FakeEngine, pooling: str | None) -> None:
+    asked: list[object] = []
+    make = engine.make_embedder
+
+    def recording(n_ctx: int, **kwargs: Any) -> Embedder:
+        asked.append(kwargs.get("pooling"))
+        return make(n_ctx, **kwargs)
+
+    engine.make_embedder = recording  # type: ignore[method-assign]
+    with TestClient(create_app(Settings(pooling=pooling), engine=engine)) as client:  # type: ignore[arg-type]
+        assert client.post("/v1/embeddings", json={"input": "cat"}).status_code == 200
+    assert asked == [pooling]

@@ -16,7 +16,7 @@ from server.engine.base import Engine
 from server.engine.fake import FakeEngine
 from server.errors import AuthenticationError, QueueFullError, ServiceUnavailableError
 from server.settings import Settings
-from tests.api.conftest import spec_hook
+from tests.api.conftest import STRICT, spec_hook
 from tests.spec.openapi import OpenAISpec
 
 MESSAGES: Any = [{"role": "user", "content": "Hi"}]
@@ -44,6 +44,7 @@ def test_malformed_json_and_wrong_types_are_400_not_422(client: TestClient) -> N
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("settings", [STRICT], ids=["strict-model-name"])
 def test_not_found_errors(sdk: OpenAI, client: TestClient) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         sdk.models.retrieve("gpt-4o")

@@ -356,3 +356,14 @@ def test_output_config_format_holds_the_reply_to_a_schema(sdk: anthropic.Anthrop
     with pytest.raises(anthropic.BadRequestError) as err:
         create(sdk, messages=[USER], extra_body={"output_config": unenforceable})
     assert "pattern" in err.value.message
+
+
+def test_a_final_assistant_turn_is_a_prefill_the_reply_continues(
+    sdk: anthropic.Anthropic, engine: RecordingEngine
+) -> None:
+    prefill = {"role": "assistant", "content": "The capital is"}
+    m = create(sdk, messages=[USER, prefill])
+    assert engine.prompts[-1].endswith("<|im_start|>assistant\nThe capital is")  # left open, not answered
+    assert m.content[0].text == "Paris is the capital of France."  # the continuation only, as Anthropic returns
+    counted = sdk.messages.count_tokens(model=MODEL, messages=[USER, prefill]).input_tokens  # type: ignore[list-item]
+    assert counted == m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0)

@@ -109,7 +109,17 @@ def test_a_wrong_key_is_an_authentication_error(engine: FakeEngine, checked: lis
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
-def test_an_unknown_model_is_not_found(client: TestClient) -> None:
+def test_an_unknown_model_is_not_found(engine: FakeEngine, checked: list[str]) -> None:
+    with serve(engine, checked, strict_model_name=True) as client:
+        _refuses_unknown_models(client)
+
+
+def test_with_one_model_a_claude_name_is_answered_by_it(client: TestClient) -> None:
+    reply = sdk_for(client).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[USER])
+    assert reply.model == "fake-model"  # the real id: an agent's claude-* default reaches the served model
+
+
+def _refuses_unknown_models(client: TestClient) -> None:
     with pytest.raises(anthropic.NotFoundError) as err:
         sdk_for(client).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[USER])
     assert err.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
@@ -193,7 +203,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "messages[0].content[0].content[0]",
     ),
     ("server tool", body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools[0]"),
-    ("prefill", body(messages=[USER, {"role": "assistant", "content": "The answer is"}]), "Prefill"),
+    ("spaced prefill", body(messages=[USER, {"role": "assistant", "content": "The answer is "}]), "whitespace"),
     ("thinking with a budget", body(thinking={"type": "enabled", "budget_tokens": 2048}), "thinking"),
     ("unknown field", body(frobnicate=True), "frobnicate"),
     (

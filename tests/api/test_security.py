@@ -160,7 +160,9 @@ def test_cors_allows_only_the_listed_origins() -> None:
         assert pre.headers["access-control-allow-origin"] == "http://app.example"
         assert "authorization" in pre.headers["access-control-allow-headers"].lower()
         other = c.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": "http://evil.example"})
-        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        # Refused as the CORS spec intends: a 200 that grants nothing, so the browser refuses the call.
+        assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+        assert "access-control-allow-credentials" not in other.headers
         # A 401 still carries the CORS header, so the page can read the error.
         r = c.get("/v1/models", headers={"Origin": "http://app.example"})
         assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "http://app.example"
@@ -172,6 +174,48 @@ def test_cors_star_only_when_asked() -> None:
     with _client(cors_origins=["*"]) as c:
         r = c.get("/v1/models", headers={"Origin": "http://anything.example"})
         assert r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+        bad = c.options("/v1/models", headers={**PREFLIGHT, "Access-Control-Request-Method": "PATCH"})
+        assert bad.status_code == 200 and "access-control-allow-origin" not in bad.headers  # not even '*'
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:5173", True),
+        ("http://localhost", True),
+        ("https://127.0.0.1:8443", True),
+        ("http://127.0.0.2:3000", True),
+        ("http://[::1]:8000", True),
+        ("http://localhost.evil.example", False),
+        ("http://evil.example:5173", False),
+        ("http://127.0.0.1.evil.example", False),
+        ("file://localhost", False),
+    ],
+)
+def test_cors_localhost_means_any_loopback_origin_on_any_port(origin: str, allowed: bool) -> None:
+    with _client(cors_origins=["localhost", "https://app.example"]) as c:
+        pre = c.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": origin})
+        assert pre.status_code == 200
+        assert pre.headers.get("access-control-allow-origin") == (origin if allowed else None)
+        r = c.get("/v1/models", headers={"Origin": origin})
+        assert r.headers.get("access-control-allow-origin") == (origin if allowed else None)
+        assert c.get("/v1/models", headers={"Origin": "https://app.example"}).headers["access-control-allow-origin"]
+
+
+def test_cors_credentials_only_when_asked_and_delete_is_allowed() -> None:
+    delete = {**PREFLIGHT, "Access-Control-Request-Method": "DELETE"}
+    with _client(cors_origins=["http://app.example"]) as c:
+        plain = c.options("/v1/models", headers=delete)
+        assert plain.headers["access-control-allow-origin"] == "http://app.example"
+        assert "DELETE" in plain.headers["access-control-allow-methods"]
+        assert "access-control-allow-credentials" not in plain.headers
+    with _client(cors_origins=["http://app.example"], cors_credentials=True) as c:
+        pre = c.options("/v1/models", headers=delete)
+        assert pre.headers["access-control-allow-credentials"] == "true"
+        r = c.get("/v1/models", headers={"Origin": "http://app.example"})
+        assert r.headers["access-control-allow-credentials"] == "true"
+        assert r.headers["access-control-allow-origin"] == "http://app.example"  # never '*' with credentials
 
 
 # ---- body size -----------------------------------------------------------------------------------

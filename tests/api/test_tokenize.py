@@ -29,5 +29,5 @@ def test_tokenize_errors_are_openai_shaped(client: TestClient) -> None:
     r = client.post("/detokenize", json={"tokens": [1, 100000]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
     r = client.post("/tokenize", json={"content": "x", "model": "other"})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 200  # the only model answers any name (tests/api/test_model_names.py)
     assert client.get("/tokenize").status_code == 405

@@ -138,6 +138,33 @@ def test_json_object_output_is_an_object(sdk: OpenAI) -> None:
         assert (r.choices[0].message.content or "").lstrip().startswith("{")
 
 
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"response_format": {"type": "json_object", "schema": CITY}}, "/chat/completions"),
+        ({"json_schema": CITY}, "/chat/completions"),
+        ({"json_schema": CITY}, "/completions"),
+    ],
+    ids=["json_object-schema", "json_schema-chat", "json_schema-completions"],
+)
+def test_llama_server_json_extensions_hold_output_to_the_schema(
+    client: TestClient, fields: dict[str, Any], path: str
+) -> None:
+    ask = "Answer in JSON: which city is the capital of France?"
+    body: dict[str, Any] = {"messages": [SYSTEM, {"role": "user", "content": ask}]}
+    if path == "/completions":
+        body = {"prompt": ask + "\n"}
+    r = client.post(path, json={**body, **fields, "temperature": 0.7, "seed": 5, "max_tokens": 60})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    assert choice["finish_reason"] == "stop", text
+    jsonschema.validate(json.loads(text), CITY)
+
+
 def test_logprobs_are_real_and_top1_is_sampled_at_temperature_zero(sdk: OpenAI) -> None:
     r = chat(sdk, temperature=0, max_tokens=12, logprobs=True, top_logprobs=5)
     choice = r.choices[0]

@@ -77,3 +77,41 @@ def test_closing_the_engine_closes_its_embedders_before_the_model(
     with pytest.raises(EngineError):
         embedder.embed([1, 2, 3])
     embedder.close()  # closing again, as the embeddings service does, is harmless
+
+
+async def test_pooling_follows_the_flag_else_the_file_else_mean(smollm2_path: str) -> None:
+    engine = LlamaEngine(smollm2_path, model_id="smol", n_slots=1, n_ctx_per_seq=256)
+    try:
+        ids = engine.tokenize("The cat sat on the mat.", add_special=True, parse_special=False)
+        by_pooling: dict[str, list[float]] = {}
+        for pooling in ("mean", "cls", "last"):
+            embedder = engine.make_embedder(128, pooling=pooling)  # type: ignore[arg-type]
+            by_pooling[pooling] = embedder.embed(ids)
+            embedder.close()
+        default = engine.make_embedder(128)
+        assert getattr(default, "pooling", None) == "mean"  # a decoder model's file says none: mean
+        assert default.embed(ids) == pytest.approx(by_pooling["mean"], abs=1e-5)
+        default.close()
+        assert by_pooling["cls"] != pytest.approx(by_pooling["mean"], abs=1e-3)
+        assert by_pooling["last"] != pytest.approx(by_pooling["mean"], abs=1e-3)
+        assert by_pooling["last"] != pytest.approx(by_pooling["cls"], abs=1e-3)
+        # usage counts what was embedded, the special tokens the tokenizer adds included.
+        service = EmbeddingsService.for_engine(engine, model_id="smol", pooling="last")
+        result = await service.create(EmbeddingRequest(input="The cat sat on the mat."))
+        assert result.usage.prompt_tokens == len(ids)
+        assert result.data[0].embedding == pytest.approx(by_pooling["last"], abs=1e-5)
+        service.close()
+    finally:
+        engine.close()
+
+
+async def test_usage_counts_the_bos_the_tokenizer_adds(tiny_llama3_gguf: Path) -> None:
+    engine = LlamaEngine(str(tiny_llama3_gguf), model_id="tiny", n_slots=1, n_ctx_per_seq=256)
+    service = EmbeddingsService.for_engine(engine, model_id="tiny")
+    try:
+        bare = engine.tokenize("hello world", add_special=False, parse_special=False)
+        result = await service.create(EmbeddingRequest(input=["hello world"]))
+        assert result.usage.prompt_tokens == len(bare) + 1  # BOS, which is embedded too
+    finally:
+        service.close()
+        engine.close()

@@ -130,6 +130,16 @@ _STREAM_COMPONENTS = {
 }
 
 
+_UNPREFIXED = ("/chat/completions", "/completions", "/embeddings", "/models")
+
+
+def as_v1(path: str) -> str:
+    """The /v1 twin of an unprefixed OpenAI route (the server answers both alike), so both are checked."""
+    if any(path == p or path.startswith(p + "/") for p in _UNPREFIXED):
+        return "/v1" + path
+    return path
+
+
 def component_for(method: str, path: str) -> str | None:
     if (method, path) in _JSON_COMPONENTS:
         return _JSON_COMPONENTS[(method, path)]
@@ -157,6 +167,7 @@ def sse_events(text: str) -> list[tuple[str | None, str]]:
 def check_http_response(spec: OpenAISpec, method: str, path: str, request_body: bytes, status: int,
                         content_type: str, body: bytes) -> list[str]:  # fmt: skip
     """Validate one /v1 response against the spec; returns the components checked."""
+    path = as_v1(path)
     # OPTIONS is a CORS preflight, answered by middleware, not the API; 499 has no reader.
     if not path.startswith("/v1/") or method == "OPTIONS" or status == 499:
         return []

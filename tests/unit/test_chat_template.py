@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,71 @@ def test_template_with_tool_syntax_gets_tools_as_given() -> None:
     plan = plan_tools([WEATHER], "auto", None, "template")
     got = render_chat(select_template(QWEN_LIKE), [{"role": "user", "content": "x"}], plan)
     assert got.startswith('<|im_start|>system\n# Tools\n{"type": "function", "function": {"name": "get_weather"')
+
+
+# ---- continuing the final message (assistant prefill) ------------------------------------------
+
+PREFILL_CHAT = [
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "The capital is "},
+]
+
+
+def test_the_llama31_builder_continues_a_prefill_as_the_official_template_does() -> None:
+    native = render_chat(Llama31Template(date="26 Jul 2024"), PREFILL_CHAT, continue_final=True)
+    official = JinjaChatTemplate(OFFICIAL_TEMPLATE, bos_token="<|begin_of_text|>")
+    # Hugging Face's continue_final_message: the official rendering, cut after the (trimmed) text.
+    reference = official.render(PREFILL_CHAT, add_generation_prompt=False, date_string="26 Jul 2024")
+    reference = reference[: reference.rindex("The capital is") + len("The capital is")]
+    assert native == reference
+    assert native.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nThe capital is")
+
+
+def test_a_template_that_keeps_spacing_keeps_the_prefill_trailing_space() -> None:
+    text = render_chat(JinjaChatTemplate(SMOLLM2), PREFILL_CHAT, continue_final=True)
+    assert text.endswith("<|im_start|>assistant\nThe capital is ")
+    closed = render_chat(JinjaChatTemplate(SMOLLM2), PREFILL_CHAT, add_generation_prompt=False)
+    assert closed.endswith("The capital is <|im_end|>\n")
+
+
+def test_a_template_that_hides_the_final_text_cannot_continue_it() -> None:
+    hides = JinjaChatTemplate("{% for m in messages %}[{{ m.role }}]{% endfor %}")
+    with pytest.raises(InvalidRequestError, match="cannot be continued"):
+        render_chat(hides, PREFILL_CHAT, continue_final=True)
+
+
+# ---- named templates (llama.cpp's, given by the engine layer) ------------------------------------
+
+
+class TwoNames:
+    """A stand-in for llama.cpp's named templates: records what it was asked to render."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, str]], bool]] = []
+
+    def names(self) -> frozenset[str]:
+        return frozenset({"gemma", "llama3"})
+
+    def apply(self, name: str, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        self.calls.append((name, list(messages), add_generation_prompt))
+        body = "".join(f"<{r}>{c}</{r}>" for r, c in messages)
+        return body + ("<model>" if add_generation_prompt else "")
+
+
+def test_a_name_llama_cpp_knows_renders_through_it_with_tools_as_text() -> None:
+    named = TwoNames()
+    template = select_template(None, override="Gemma", named=named)
+    assert template.name == "gemma" and template.tool_style == "generic"
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    plan = plan_tools([tool], "auto", None, template.tool_style)
+    text = render_chat(template, [{"role": "user", "content": "Hi"}], plan)
+    assert text.endswith("<user>Hi</user><model>")
+    assert "get_time" in named.calls[0][1][0][1]  # the tools reach it as text in the system turn
+    prefill = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]
+    assert render_chat(template, prefill, continue_final=True).endswith("<assistant>Hel")
+
+
+def test_our_names_win_over_llama_cpp_s() -> None:
+    assert isinstance(select_template(None, override="llama3", named=TwoNames()), Llama31Template)
+    with pytest.raises(ChatTemplateError, match="gemma"):
+        select_template(None, override="gemma-7", named=TwoNames())

@@ -278,3 +278,16 @@ def test_preflight_resolves_every_model_and_refuses_duplicate_ids(tmp_path: Path
 )
 def test_the_browser_is_sent_to_an_address_it_can_open(host: str, url: str) -> None:
     assert cli.browser_url(host, 8080) == url
+
+
+def test_alias_flag_takes_comma_separated_names_and_strict_model_name() -> None:
+    settings = settings_from("-a", "smol, gpt-4o,gpt-3.5-turbo", "--strict-model-name")
+    assert settings.model_names() == ["smol", "gpt-4o", "gpt-3.5-turbo"] and settings.strict_model_name
+    assert not settings_from().strict_model_name and settings_from().model_names() == []
+
+
+def test_chat_template_names_llama_cpp_knows_pass_the_preflight(tmp_path: Path) -> None:
+    path = write_header_only_gguf(tmp_path / "m.gguf")
+    assert preflight.check_model(Settings(model=str(path), chat_template="mistral-v7")).settings.chat_template
+    with pytest.raises(Exception, match="gemma"):  # the refusal lists llama.cpp's names too
+        preflight.check_model(Settings(model=str(path), chat_template="gemma-9"))

@@ -201,3 +201,18 @@ def test_strict_refuses_what_a_grammar_cannot_enforce(schema: dict[str, Any]) ->
 def test_broken_schemas_are_400(schema: dict[str, Any]) -> None:
     with pytest.raises(InvalidSchemaError):
         json_schema_to_gbnf(schema, strict=False)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": "x"},
+        {"type": "string", "maxLength": -1},
+        {"type": "string", "minLength": 3, "maxLength": 2},
+        {"type": "array", "minItems": 1.5},
+        {"type": "array", "maxItems": True},
+    ],
+)
+def test_a_bad_length_bound_is_a_400_not_a_crash(schema: dict[str, object]) -> None:
+    with pytest.raises(InvalidSchemaError, match=r"Length|Items"):
+        json_schema_to_gbnf(schema, strict=False)

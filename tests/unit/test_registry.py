@@ -92,15 +92,57 @@ async def test_least_recently_used_is_unloaded(clock: Clock) -> None:
         await reg.close()
 
 
-async def test_unknown_model_is_404() -> None:
+async def test_one_model_answers_any_name_unless_strict(caplog: pytest.LogCaptureFixture) -> None:
     rec = Recorder()
     reg = ModelRegistry(models("a"), load=rec.load, serve=rec.serve)
+    strict = ModelRegistry(models("a"), load=rec.load, serve=rec.serve, strict_names=True)
+    await reg.start()
+    await strict.start()
+    try:
+        with caplog.at_level("INFO", logger="server.services.registry"):
+            assert (await reg.get("gpt-3.5-turbo")).model_id == "a"
+            assert (await reg.get("gpt-3.5-turbo")).model_id == "a"
+            assert (await reg.get("davinci-002")).model_id == "a"
+        said = [r.getMessage() for r in caplog.records if "is not served" in r.getMessage()]
+        assert len(said) == 2 and "gpt-3.5-turbo" in said[0] and "davinci-002" in said[1]  # once per name
+        with pytest.raises(ModelNotFoundError, match="'nope' does not exist"):
+            await strict.get("nope")
+        with pytest.raises(ModelNotFoundError):
+            reg.model("nope")  # GET /v1/models/{id} describes what is served, never the fallback
+    finally:
+        await reg.close()
+        await strict.close()
+
+
+async def test_several_models_refuse_an_unknown_name_unless_a_default_is_set() -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve)
+    fallback = ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, fallback="b")
+    await reg.start()
+    await fallback.start()
+    try:
+        with pytest.raises(ModelNotFoundError):
+            await reg.get("gpt-4o")
+        assert (await fallback.get("gpt-4o")).model_id == "b"
+        assert (await fallback.get("a")).model_id == "a"
+        with pytest.raises(ValueError, match="'c' is not served"):
+            ModelRegistry(models("a", "b"), load=rec.load, serve=rec.serve, fallback="c")
+    finally:
+        await reg.close()
+        await fallback.close()
+
+
+async def test_comma_separated_aliases_route_to_one_model_and_are_listed() -> None:
+    rec = Recorder()
+    reg = ModelRegistry(models("llama, gpt-4o,gpt-4", "smol"), load=rec.load, serve=rec.serve)
     await reg.start()
     try:
-        with pytest.raises(ModelNotFoundError, match="'nope' does not exist"):
-            await reg.get("nope")
-        with pytest.raises(ModelNotFoundError):
-            reg.model("nope")
+        assert reg.ids == ["llama", "smol"]
+        assert (await reg.get("gpt-4")).model_id == "llama" and (await reg.get("gpt-4o")).model_id == "llama"
+        listed = reg.list_models().model_dump()["data"]
+        assert [(m["id"], m.get("aliases")) for m in listed] == [("llama", ["gpt-4o", "gpt-4"]), ("smol", None)]
+        assert reg.model("gpt-4o").id == "llama"
+        assert rec.loads == ["llama", "smol"]  # the engine is loaded under the id, not the name list
     finally:
         await reg.close()
 

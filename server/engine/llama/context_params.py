@@ -27,8 +27,8 @@ def generation_params(*, n_ctx: int, n_batch: int, n_slots: int, n_threads: int,
     return cparams
 
 
-def embedding_params(n_ctx: int, n_threads: int) -> Any:
-    """An embeddings context: one sequence, mean pooling, no logits."""
+def embedding_params(n_ctx: int, n_threads: int, pooling_type: int) -> Any:
+    """An embeddings context: one sequence, pooled as ``pooling_type`` (llama.cpp's), no logits."""
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx = n_ctx
     # Pooling needs the whole input in one micro-batch.
@@ -38,6 +38,6 @@ def embedding_params(n_ctx: int, n_threads: int) -> Any:
     cparams.n_threads = n_threads
     cparams.n_threads_batch = n_threads
     cparams.embeddings = True
-    cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+    cparams.pooling_type = pooling_type
     cparams.no_perf = True
     return cparams

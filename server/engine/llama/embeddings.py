@@ -1,4 +1,8 @@
-"""Embeddings from the served model: a second llama.cpp context with embeddings on and mean pooling.
+"""Embeddings from the served model: a second llama.cpp context with embeddings on and pooling.
+
+Pooling is the one asked for (``--pooling``), else the GGUF's own (``{arch}.pooling_type``: an
+embedding model says how it was trained), else mean: a decoder model's file says none, and one vector
+per token is not what ``/v1/embeddings`` returns.
 
 The context is made from the engine's already loaded ``llama_model`` (see
 :meth:`LlamaEngine.make_embedder <server.engine.llama.engine.LlamaEngine.make_embedder>`),
@@ -22,21 +26,41 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.base import EngineError
+from server.engine.base import EngineError, Pooling
 from server.engine.llama.context_params import embedding_params
+from server.engine.llama.model_info import meta_value
 from server.engine.llama.vocab import Vocab
+
+POOLING_TYPES: dict[Pooling, int] = {
+    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
+
+
+def model_pooling(model: Any) -> Pooling:
+    """The pooling the GGUF asks for; mean when it says none (or rank, a reranker's) or nothing."""
+    arch = meta_value(model, "general.architecture") or ""
+    raw = meta_value(model, f"{arch}.pooling_type")
+    by_type = {v: k for k, v in POOLING_TYPES.items()}
+    try:
+        return by_type.get(int(raw or 0), "mean")
+    except ValueError:
+        return "mean"
 
 
 class LlamaEmbedder:
     """An :class:`~server.engine.base.Embedder` on a model it borrows: the model's owner frees it."""
 
-    def __init__(self, model: Any, vocab: Vocab, *, n_ctx: int, n_threads: int) -> None:
+    def __init__(self, model: Any, vocab: Vocab, *, n_ctx: int, n_threads: int, pooling: Pooling | None = None) -> None:
         self._lock = threading.Lock()
         self._vocab = vocab
         # The model pointer is used here and not kept: the engine owns it, and an
         # embedder that held it could outlive it.
         n_ctx = min(n_ctx, int(llama_cpp.llama_model_n_ctx_train(model)))
-        self._ctx: Any = llama_cpp.llama_init_from_model(model, embedding_params(n_ctx, n_threads))
+        self.pooling: Pooling = pooling or model_pooling(model)
+        params = embedding_params(n_ctx, n_threads, POOLING_TYPES[self.pooling])
+        self._ctx: Any = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise EngineError("llama.cpp could not create the embeddings context")
         self._batch: Any = llama_cpp.llama_batch_init(n_ctx, 0, 1)
@@ -47,7 +71,7 @@ class LlamaEmbedder:
         return self._vocab.tokenize(text, add_special=True, parse_special=False)
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
-        """The mean-pooled, L2-normalised embedding of one input (blocking)."""
+        """The pooled, L2-normalised embedding of one input (blocking)."""
         if not tokens:
             raise ValueError("an empty input has no embedding")
         if len(tokens) > self.n_ctx:

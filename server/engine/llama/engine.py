@@ -47,6 +47,7 @@ from server.engine.base import (
     EmptyPromptError,
     EngineError,
     ModelInfo,
+    Pooling,
     PromptTooLongError,
     SamplingParams,
     SlotBusyError,
@@ -347,7 +348,7 @@ class LlamaEngine:
             raise EngineError("llama.cpp could not recreate its context (out of memory?)")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
-    def make_embedder(self, n_ctx: int) -> Embedder:
+    def make_embedder(self, n_ctx: int, *, pooling: Pooling | None = None) -> Embedder:
         """An embeddings context on this engine's model, with its threads (see :class:`LlamaEmbedder`).
 
         Called from a worker thread while the engine thread steps: it only reads the model.
@@ -355,7 +356,7 @@ class LlamaEngine:
         with self._embedders_lock:
             if self._closed:
                 raise EngineError("the engine is closed")
-            embedder = LlamaEmbedder(self._model, self._vocab, n_ctx=n_ctx, n_threads=self._threads)
+            embedder = LlamaEmbedder(self._model, self._vocab, n_ctx=n_ctx, n_threads=self._threads, pooling=pooling)
             self._embedders.append(embedder)
             return embedder
 
