@@ -128,16 +128,19 @@ class LlamaEngine:
                 n_threads=n_threads,
                 kv_unified=kv_unified,
             )
-            if prompt_cache is not None and (prompt_cache.ram_bytes > 0 or prompt_cache.disk_dir is not None):
-                identity = cache_identity(
-                    model_path, self._cparams, n_ctx_per_seq=self._n_ctx_seq, n_gpu_layers=n_gpu_layers
-                )
-                self._cache = PromptCache(prompt_cache, identity=identity)
+            self._cache = self._open_cache(prompt_cache, model_path, n_gpu_layers)
         except BaseException:
             self.close()
             raise
 
     # -- construction -------------------------------------------------------------
+
+    def _open_cache(self, config: PromptCacheConfig | None, model_path: str, n_gpu_layers: int) -> PromptCache | None:
+        if config is None or (config.ram_bytes == 0 and config.disk_dir is None):
+            return None
+        # Keyed by everything that shapes the KV cells, so a stale state is never loaded.
+        identity = cache_identity(model_path, self._cparams, n_ctx_per_seq=self._n_ctx_seq, n_gpu_layers=n_gpu_layers)
+        return PromptCache(config, identity=identity)
 
     def _init_context(
         self,
