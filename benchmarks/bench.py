@@ -15,9 +15,7 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import httpx
+
+from benchmarks.serving import free_port, serving
 
 log = logging.getLogger("benchmarks.bench")
 
@@ -150,50 +150,12 @@ async def run_level(url: str, concurrency: int, rounds: int, max_tokens: int) ->
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def spawned_server(parallel: int, extra: list[str]) -> Iterator[str]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--port",
-        str(port),
-        "--parallel",
-        str(parallel),
-        "--no-browser",
-        "--ctx-size",
-        "1024",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not become ready in 120 s")
-            time.sleep(0.25)
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--parallel", str(parallel), "--no-browser"]
+    with serving([*cmd, "--ctx-size", "1024", *extra], port, ready_seconds=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def engine_only(levels: list[int], max_tokens: int) -> list[dict[str, float]]:

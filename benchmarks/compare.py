@@ -10,42 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
-
-from benchmarks.bench import LevelReport, free_port, run_level
+from benchmarks.bench import LevelReport, run_level
+from benchmarks.serving import free_port, serving
 
 
 @contextmanager
 def llama_server(binary: str, model: str, parallel: int, ctx_per_slot: int) -> Iterator[str]:
     port = free_port()
     cmd = [binary, "-m", model, "--port", str(port), "-np", str(parallel), "-c", str(ctx_per_slot * parallel)]
-    proc = subprocess.Popen([*cmd, "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"llama-server exited with {proc.returncode}: {' '.join(cmd)}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("llama-server did not become ready in 120 s")
-            time.sleep(0.25)
+    with serving([*cmd, "--no-webui"], port, ready_seconds=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _mean(reports: list[LevelReport], attr: str) -> float:

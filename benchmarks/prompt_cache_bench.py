@@ -24,18 +24,16 @@ import asyncio
 import json
 import logging
 import random
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
-from benchmarks.bench import free_port, percentile
+from benchmarks.bench import percentile
+from benchmarks.serving import free_port, serving
 
 log = logging.getLogger("benchmarks.prompt_cache_bench")
 
@@ -176,37 +174,6 @@ async def workload(url: str, config: str, args: argparse.Namespace) -> Report:
                 log.info("%s user %d turn %d: ttft %.3f s, %d/%d cached", config, u, turn, ttft, cached, prompt)
         report.seconds = time.perf_counter() - start
     return report
-
-
-@contextmanager
-def serving(cmd: list[str], port: int) -> Iterator[str]:
-    # The log goes to a file: an unread pipe fills up and blocks a chatty server (llama-server) mid-run.
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
-        try:
-            yield wait_ready(proc, f"http://127.0.0.1:{port}", errors)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, errors: IO[bytes]) -> str:
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            errors.seek(0)
-            raise SystemExit(f"{proc.args!r} exited: {errors.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{proc.args!r} did not become ready in 180 s")
-        time.sleep(0.25)
 
 
 def llamaserve_cmd(port: int, args: argparse.Namespace, extra: list[str]) -> list[str]:

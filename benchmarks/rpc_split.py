@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
 
 from benchmarks.engine_decode import measure_engine_decode
+from benchmarks.serving import free_port
 from server.engine.llama.engine import LlamaEngine
 from server.engine.llama.model_files import bundled_model_path
 from server.engine.llama.rpc import probe, rpc_supported
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(stack: ExitStack, threads: int) -> str:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "rpc-worker", "--port", str(port), "--threads", str(threads)],
         stdout=subprocess.DEVNULL,
