@@ -38,9 +38,8 @@ from server.protocol import (
     Usage,
 )
 from server.runtime.events import FinishEvent, TokenEvent
-from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_chat_request, refuse_unsupported
-from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration, Submitted
 from server.services.reasoning import (
     ReasoningSplitter,
     opens_thinking,
@@ -239,7 +238,7 @@ class ChatService:
     async def start(self, req: ChatCompletionRequest, request_id: str, caller: Caller = ANONYMOUS) -> ChatGeneration:
         """Prepare (off the event loop) and submit; every refusal is raised before any output."""
         prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id, caller))
-        return ChatGeneration(self, prepared, self.pipeline.submit(prepared.generation))
+        return ChatGeneration(self.pipeline, prepared, self.pipeline.submit(prepared.generation))
 
 
 def _message_text(m: ChatMessage, i: int) -> str:
@@ -259,17 +258,8 @@ def _message_text(m: ChatMessage, i: int) -> str:
     return "".join(parts)
 
 
-class ChatGeneration:
+class ChatGeneration(Submitted[PreparedChat]):
     """One submitted chat request: :meth:`response` for JSON, or :meth:`chunks` for SSE."""
-
-    def __init__(self, service: ChatService, prepared: PreparedChat, handles: Sequence[RequestHandle]) -> None:
-        self._pipeline = service.pipeline
-        self.prepared = prepared
-        self._handles = handles
-
-    @property
-    def streaming(self) -> bool:
-        return self.prepared.stream
 
     def _logprob_entry(self, ev: TokenEvent) -> TokenLogprobEntry:
         tok_text, tok_bytes = self._pipeline.token_text(ev.token)

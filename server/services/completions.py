@@ -8,7 +8,7 @@ refused: the model is not an infill model and we do not rank hidden candidates.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from server.errors import InvalidRequestError, UnsupportedFieldError
@@ -21,9 +21,8 @@ from server.protocol import (
     Usage,
 )
 from server.runtime.events import FinishEvent, TokenEvent
-from server.runtime.scheduler import RequestHandle
 from server.services.limits import check_generation_fields, refuse_unsupported
-from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration
+from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration, Submitted
 from server.services.sampling import check_token_ids, request_grammar
 
 _REASONS = {
@@ -109,17 +108,8 @@ class CompletionService:
         return CompletionGeneration(self.pipeline, prepared, self.pipeline.submit(prepared.generation))
 
 
-class CompletionGeneration:
+class CompletionGeneration(Submitted[PreparedCompletion]):
     """One submitted completion request: :meth:`response` for JSON, or :meth:`chunks` for SSE."""
-
-    def __init__(self, pipeline: Pipeline, prepared: PreparedCompletion, handles: Sequence[RequestHandle]) -> None:
-        self._pipeline = pipeline
-        self.prepared = prepared
-        self._handles = handles
-
-    @property
-    def streaming(self) -> bool:
-        return self.prepared.stream
 
     def _add_logprobs(self, choice: _Choice, ev: TokenEvent) -> None:
         text, _ = self._pipeline.token_text(ev.token)

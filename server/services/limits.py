@@ -163,13 +163,17 @@ def check_template_kwargs(kwargs: Mapping[str, object] | None) -> None:
             raise InvalidRequestError(f"'{where}' is longer than {MAX_TEMPLATE_KWARG_CHARS} characters.", param=where)
 
 
+def check_message_count(n_messages: int, limits: RequestLimits) -> None:
+    """The one bound on a conversation's length, chat's and Messages' alike."""
+    if n_messages > limits.max_messages:
+        raise InvalidRequestError(
+            f"'messages' may hold at most {limits.max_messages} messages; it has {n_messages}.", param="messages"
+        )
+
+
 def check_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> None:
     """Raise a 400 naming the first field over a limit; return quietly otherwise."""
-    if len(req.messages) > limits.max_messages:
-        raise InvalidRequestError(
-            f"'messages' may hold at most {limits.max_messages} messages; it has {len(req.messages)}.",
-            param="messages",
-        )
+    check_message_count(len(req.messages), limits)
     check_generation_fields(req, limits)
     check_template_kwargs(req.chat_template_kwargs)
     if req.top_logprobs is not None and not req.logprobs:

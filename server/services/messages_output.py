@@ -43,7 +43,7 @@ from server.protocol.anthropic import (
 )
 from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
-from server.services.pipeline import Chunk, Pipeline, PreparedGeneration
+from server.services.pipeline import Chunk, Pipeline, PreparedGeneration, Submitted
 from server.services.tool_stream import choice_streamer
 
 
@@ -85,17 +85,8 @@ def content_blocks(text: str, calls: Sequence[ParsedCall] | None) -> list[Conten
     return [TextBlock(text=text)] if text else []
 
 
-class MessagesGeneration:
+class MessagesGeneration(Submitted[PreparedMessages]):
     """One submitted Messages request: :meth:`response` for JSON, or :meth:`chunks` for the named events."""
-
-    def __init__(self, pipeline: Pipeline, prepared: PreparedMessages, handles: Sequence[RequestHandle]) -> None:
-        self._pipeline = pipeline
-        self.prepared = prepared
-        self._handles = handles
-
-    @property
-    def streaming(self) -> bool:
-        return self.prepared.stream
 
     async def response(self) -> Message:
         p, pipe = self.prepared, self._pipeline

@@ -42,7 +42,7 @@ from server.protocol.anthropic import (
     ToolUseBlockParam,
     UnsupportedBlock,
 )
-from server.services.limits import RequestLimits, first_unencodable_string, json_depth_exceeds
+from server.services.limits import RequestLimits, check_message_count, first_unencodable_string, json_depth_exceeds
 
 # Claude Code puts a per-request attribution line first in the system prompt; it changes on every
 # request, so left in it would sit at token 0 and defeat prefix-cache reuse between turns.
@@ -225,11 +225,7 @@ def _check_blocks(messages: Sequence[MessageParam], limits: RequestLimits) -> No
 
 def check_input(req: MessagesInput, limits: RequestLimits) -> None:
     """The limits a Messages request (or a count) meets before anything is rendered."""
-    if len(req.messages) > limits.max_messages:
-        raise InvalidRequestError(
-            f"'messages' may hold at most {limits.max_messages} messages; it has {len(req.messages)}.",
-            param="messages",
-        )
+    check_message_count(len(req.messages), limits)
     if isinstance(req.system, list) and len(req.system) > limits.max_messages:
         raise InvalidRequestError(f"'system' may hold at most {limits.max_messages} blocks.", param="system")
     _check_blocks(req.messages, limits)

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -107,6 +107,27 @@ class Generation(Protocol[ResponseT]):
     async def response(self) -> ResponseT: ...
 
     def chunks(self) -> AsyncIterator[Chunk]: ...
+
+
+class _Streamable(Protocol):
+    @property
+    def stream(self) -> bool: ...
+
+
+PreparedT = TypeVar("PreparedT", bound=_Streamable)
+
+
+class Submitted(Generic[PreparedT]):
+    """What every service's Generation holds: its prepared request and a handle per choice."""
+
+    def __init__(self, pipeline: Pipeline, prepared: PreparedT, handles: Sequence[RequestHandle]) -> None:
+        self._pipeline = pipeline
+        self.prepared = prepared
+        self._handles = handles
+
+    @property
+    def streaming(self) -> bool:
+        return self.prepared.stream
 
 
 class Pipeline:
