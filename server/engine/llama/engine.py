@@ -109,12 +109,12 @@ class LlamaEngine:
         # How each step's prefill room is shared among pending prompts (see server.engine.prefill).
         self._prefill_policy = PrefillPolicy(fair=fair_prefill, min_chunk=max(1, prefill_min_chunk))
         self._cache: PromptCache | None = None
+        self._watch: WorkerWatch | None = None
         weights = load_weights(
             model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers, tensor_split=tensor_split
         )
         self._model = weights.model
         self._weights = weights
-        self._watch: WorkerWatch | None = None
         if rpc_servers and on_worker_lost is not None:
             self._watch = WorkerWatch(rpc_servers, on_lost=on_worker_lost)
             self._watch.start()
@@ -368,8 +368,8 @@ class LlamaEngine:
             if self._closed:
                 return
             self._closed = True
-        if getattr(self, "_watch", None) is not None:
-            self._watch.stop()  # type: ignore[union-attr]
+        if self._watch is not None:
+            self._watch.stop()
         for s in getattr(self, "_slots", []):
             if s.sampler is not None:
                 llama_cpp.llama_sampler_free(s.sampler)
