@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from server.errors import InvalidRequestError
+from server.settings import Settings
 from server.state.sqlite import (
     MEMORY,
     POOL_SIZE,
@@ -39,6 +40,7 @@ from server.state.sqlite import (
     connect_memory,
     corrupt_message,
     describe_failure,
+    resolve_location,
     unwritable_message,
 )
 
@@ -375,6 +377,15 @@ class ResponseStore:
                 doomed.append(response_id)
                 excess -= size
         self._delete_rows(conn, doomed)
+
+
+def open_response_store(settings: Settings) -> ResponseStore:
+    """The store ``--state-dir`` names, with ``--responses-max-age`` and ``--responses-max-bytes``."""
+    return ResponseStore.open(
+        resolve_location(settings.state_dir),
+        max_age_days=settings.responses_max_age,
+        max_bytes=settings.responses_max_bytes,
+    )
 
 
 def _closed_message() -> str:
