@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail("-n, --temp, --seed and --chat apply to a one-shot completion: add -p TEXT.")
         check_exposure(settings)  # no open, keyless server by accident
         settings, checked = preflight(settings)
-        check_state(settings)  # the server's alone: -p keeps no state
+        state_file = check_state(settings)  # the server's alone: -p keeps no state
         sock = bind_socket(settings.host, settings.port)
     except LlamaserveError as exc:
         return _fail(exc.message)
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "model %s: %s, %d slots x %d context tokens, KV cache about %s",
             s.alias, s.model, s.parallel, s.ctx_size, format_bytes(c.kv_bytes),
         )  # fmt: skip
+    log.info("stored responses: %s", state_file or "in memory, lost at exit (--state-dir :memory:)")
     try:
         serve(settings, sock)
     except KeyboardInterrupt:

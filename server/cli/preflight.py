@@ -191,9 +191,10 @@ def check_rpc(settings: Settings) -> None:
             time.sleep(RPC_WAIT_POLL_SECONDS)
 
 
-def check_state(settings: Settings) -> None:
+def check_state(settings: Settings) -> Path | None:
     """Open the response store once, so a corrupt or unwritable ``--state-dir`` stops the start
-    (StateStoreError, exit 2) before a model loads; the app opens it again when it starts."""
+    (StateStoreError, exit 2) before a model loads; the app opens it again when it starts.
+    Returns the database file (None: in memory)."""
     store = open_response_store(settings)
-    log.info("stored responses: %s", store.path or "in memory, lost at exit (--state-dir :memory:)")
     store.close()
+    return store.path

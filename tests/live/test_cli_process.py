@@ -18,7 +18,7 @@ import pytest
 
 from server.engine.llama.model_files import bundled_model_path
 from server.state import DB_FILE, ResponseStore, StoredResponse
-from tests.conftest import ROOT
+from tests.conftest import ROOT, STATE_ENV
 from tests.helpers.cli_server import cli_server
 from tests.helpers.gguf_files import write_header_only_gguf, write_split_copy
 from tests.helpers.live import wait_healthy
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.live
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMASERVE_", "_LLAMASERVE_"))}
+    env.update(STATE_ENV)  # no stored responses in the home of whoever runs the tests
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     return env
