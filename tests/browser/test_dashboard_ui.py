@@ -198,3 +198,15 @@ def test_metrics_parser_and_quantiles(browser: Browser, two_models: str) -> None
     assert got["p50"] == pytest.approx(0.1 + 0.9 * (20 - 10) / 20)  # rank 20: half way into (0.1, 1]
     assert got["p95"] == 1.0  # beyond the last finite bucket: its bound
     assert got["none"] is None  # nothing observed between the two scrapes
+
+
+def test_the_chat_page_links_to_the_dashboard(browser: Browser, two_models: str, page_errors: list[str]) -> None:
+    page = browser.new_context(viewport=DESKTOP).new_page()
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.goto(f"{two_models}/")
+    page.get_by_test_id("open-dashboard").click()
+    expect(page).to_have_url(f"{two_models}/dashboard")
+    expect(page.get_by_test_id("chart-tokens-per-second")).to_be_visible()
+    page.get_by_test_id("dashboard-back").click()
+    expect(page.get_by_test_id("chat-input")).to_be_visible()
+    assert page_errors == []
