@@ -1,8 +1,11 @@
-"""/dashboard in Chromium: live SVG charts from /metrics under a small load, per model, behind an API key."""
+"""/dashboard in Chromium: live SVG charts from /metrics under a small load, per model, behind an API key.
+
+Screenshots go to tests/browser/artifacts/; docs/web-ui-dashboard.png in the README is a copy of
+dashboard-desktop-light.png.
+"""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,6 @@ from tests.helpers.live import live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 KEY = "dashboard-test-key"
 TPS_VALUE = "[data-testid=chart-tokens-per-second] .chart-value"
 CHARTS = ("tokens-per-second", "ttft", "inter-token-latency", "queue", "busy-slots", "kv-cache", "cache-hit")
@@ -146,8 +148,6 @@ def test_charts_render_and_update_under_load_per_model(
     expect(page.get_by_test_id("apikey-prompt")).to_be_hidden()
     expect(models).to_have_value("alpha")
     assert page_errors == []
-    DOCS.mkdir(exist_ok=True)
-    shutil.copyfile(artifacts / "dashboard-desktop-light.png", DOCS / "web-ui-dashboard.png")
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

@@ -1,8 +1,11 @@
-"""Prompt progress in the UI: a bar while the prompt is read, "waiting for a slot (position N)" while queued."""
+"""Prompt progress in the UI: a bar while the prompt is read, "waiting for a slot (position N)" while queued.
+
+Screenshots go to tests/browser/artifacts/; docs/web-ui-progress.png in the README is a copy of
+progress-chat-desktop-light.png.
+"""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,6 @@ from tests.helpers.live import live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 LONG_PROMPT = "Summarise this report in one line. " + "The quarterly figures rose again in every region. " * 80
 
 # Records every value the bar shows, and whether a reply token was on screen by then.
@@ -127,13 +129,3 @@ def test_completion_mode_shows_the_bar_at_phone_width(
     expect(page.get_by_test_id("undo")).to_be_enabled(timeout=30_000)
     expect(bar).to_have_count(0)
     assert len(set(reading_values(progress_seen(page)))) >= 3
-
-
-def test_docs_progress_figure_is_the_desktop_shot(artifacts: Path) -> None:
-    """docs/web-ui-progress.png is a copy of the chat shot (run after it in this module)."""
-    shot = artifacts / "progress-chat-desktop-light.png"
-    if not shot.exists():
-        pytest.skip("the chat progress test did not run")
-    DOCS.mkdir(exist_ok=True)
-    shutil.copyfile(shot, DOCS / "web-ui-progress.png")
-    assert (DOCS / "web-ui-progress.png").stat().st_size > 10_000
