@@ -1,6 +1,7 @@
 // Completion mode: the model continues the text area's text in place (POST /v1/completions).
 
 import { isAbort, postStream, readChunks } from "./api.js";
+import { PROGRESS_OPTION, PromptProgress } from "./progress.js";
 import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, waitNotices } from "./util.js";
 
 // OpenAI's legacy default is 16 tokens, too short to be useful here.
@@ -28,11 +29,13 @@ export async function generate(app, ui) {
     ...samplingBody(app.settings, app.model.id),
     prompt: before,
     stream: true,
-    stream_options: { include_usage: true },
+    stream_options: { include_usage: true, ...PROGRESS_OPTION },
   };
   request.max_tokens ??= COMPLETION_MAX_TOKENS;
   let note = "";
   let askKey = false;
+  const progress = new PromptProgress();
+  area.after(progress.node);
   try {
     const response = await postStream("/v1/completions", request, {
       apiKey: app.apiKey,
@@ -40,9 +43,10 @@ export async function generate(app, ui) {
       onWait: waitNotices(meter),
     });
     hideNotice();
-    for await (const chunk of readChunks(response)) {
+    for await (const chunk of readChunks(response, { onComment: progress.onComment })) {
       const choice = chunk.choices?.[0];
       if (choice?.text) {
+        progress.finish();
         meter.piece();
         const stick = area.scrollHeight - area.scrollTop - area.clientHeight < 80;
         area.value += choice.text;
@@ -62,6 +66,7 @@ export async function generate(app, ui) {
       showNotice(err.message, "error");
     }
   } finally {
+    progress.node.remove();
     app.running = null;
     ui.setRunning(false);
     ui.pollHealth();

@@ -28,7 +28,7 @@ from server.api.routes import templates as template_routes
 from server.api.routes import tokens as token_routes
 from server.api.security import SecurityMiddleware, key_id, ui_public_paths
 from server.api.state import AppState, AppStatus
-from server.api.web import WEB_DIR, WebFiles
+from server.api.web import PAGES, WEB_DIR, WebFiles, page
 from server.engine.base import Engine
 from server.ops.metrics import Metrics
 from server.runtime.scheduler import Scheduler
@@ -141,7 +141,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         render_error=render_error,
         # The UI's own files stay public; /metrics too when asked (a scraper with no key).
-        public_paths=ui_public_paths(WEB_DIR) | ({"/metrics"} if settings.metrics_public else set()),
+        public_paths=ui_public_paths(WEB_DIR) | set(PAGES) | ({"/metrics"} if settings.metrics_public else set()),
         key_priorities={key_id(k.key): k.priority for k in settings.keys},
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
@@ -155,6 +155,8 @@ def create_app(
         app.include_router(at_root(routes.router))  # /chat/completions as /v1/chat/completions
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():
+        for path in PAGES:
+            app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
         app.mount("/", WebFiles(directory=WEB_DIR, html=True), name="web")
     else:
         # A wheel install carries server/ only; the API still works, so say why "/" is a 404.
