@@ -2,7 +2,8 @@
 
 Every model, one or several, is served through one :class:`~server.services.registry.ModelRegistry`:
 the lifespan starts it (loading off the event loop, so ``/health`` answers 503 meanwhile) and
-closes it, which stops every scheduler and frees every engine the app owns.
+closes it, which stops every scheduler and frees every engine the app owns. The lifespan also
+opens the response store (``app.state.llamaserve.responses``) and closes it last.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from server.services.limits import RequestLimits
 from server.services.model import LoadedModel
 from server.services.registry import ModelRegistry
 from server.settings import Settings
+from server.state import open_response_store
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,9 @@ def create_app(
         # Each run of the app (tests run one app several times) serves from a fresh registry.
         state.registry = _registry(settings, source, metrics)
         state.status, state.load_error = AppStatus.LOADING, None
+        # Opened per run, like the registry: a restart of the app rereads the file (and :memory: starts empty).
+        state.responses = await asyncio.to_thread(open_response_store, settings)
+        metrics.stored_responses.watch(state.responses)
         loader = asyncio.create_task(_start(state))
         if engine is not None:
             await loader  # nothing to load: serve from the first request on
@@ -125,6 +130,8 @@ def create_app(
             state.status = AppStatus.DRAINING
             loader.cancel()
             await state.registry.close()
+            metrics.stored_responses.watch(None)
+            state.responses.close()
 
     app = FastAPI(title="llamaserve", version=__version__, lifespan=lifespan)
     app.state.llamaserve = state

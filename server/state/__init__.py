@@ -13,6 +13,7 @@ from server.state.responses import (
     ResponseStore,
     StoredResponse,
     UnknownItemError,
+    open_response_store,
 )
 from server.state.sqlite import MEMORY, StateStoreError, default_state_dir, resolve_location
 
@@ -26,5 +27,6 @@ __all__ = [
     "StoredResponse",
     "UnknownItemError",
     "default_state_dir",
+    "open_response_store",
     "resolve_location",
 ]

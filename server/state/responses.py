@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from server.errors import InvalidRequestError
+from server.settings import Settings
 from server.state.sqlite import (
     MEMORY,
     POOL_SIZE,
@@ -39,6 +41,7 @@ from server.state.sqlite import (
     connect_memory,
     corrupt_message,
     describe_failure,
+    resolve_location,
     unwritable_message,
 )
 
@@ -147,11 +150,14 @@ class ResponseStore:
             directory = Path(location)
             if directory.exists() and not directory.is_dir():
                 raise StateStoreError(unwritable_message(directory, "it is a file, not a directory"))
+            db = path = directory / DB_FILE
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                # Owner only: stored responses hold what users wrote. SQLite gives its -wal and -shm
+                # files the database's own mode.
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
             except OSError as exc:
                 raise StateStoreError(unwritable_message(directory, exc.strerror or str(exc))) from None
-            db = path = directory / DB_FILE
             pool = ConnectionPool(lambda: connect_file(db), POOL_SIZE, on_closed=_closed_message)
         store = cls(pool, path, max_age_days=max_age_days, max_bytes=max_bytes, clock=clock)
         try:
@@ -375,6 +381,15 @@ class ResponseStore:
                 doomed.append(response_id)
                 excess -= size
         self._delete_rows(conn, doomed)
+
+
+def open_response_store(settings: Settings) -> ResponseStore:
+    """The store ``--state-dir`` names, with ``--responses-max-age`` and ``--responses-max-bytes``."""
+    return ResponseStore.open(
+        resolve_location(settings.state_dir),
+        max_age_days=settings.responses_max_age,
+        max_bytes=settings.responses_max_bytes,
+    )
 
 
 def _closed_message() -> str:

@@ -144,6 +144,13 @@ def test_a_restart_keeps_every_response(tmp_path: Path, opened: Callable[..., Re
         assert second.get(r.id, r.owner) == r
 
 
+def test_a_new_database_is_readable_by_its_owner_only(tmp_path: Path, opened: Callable[..., ResponseStore]) -> None:
+    store = opened(str(tmp_path / "state"))
+    store.put(record(1))
+    for path in (tmp_path / "state", *(tmp_path / "state").iterdir()):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is open to others"
+
+
 def test_memory_keeps_nothing_after_close() -> None:
     store = ResponseStore.open(MEMORY, max_age_days=None, max_bytes=None)
     store.put(record(1))
