@@ -184,13 +184,13 @@ def _split(splitter: ReasoningSplitter | None, text: str, *, last: bool) -> list
 class ResponsesGeneration(Submitted[PreparedResponse]):
     """One submitted create: :meth:`response` for JSON, or :meth:`chunks` for the stream events."""
 
+    final: Response | None = None  # set once generation ends, before the terminal event
+
     async def response(self) -> Response:
-        final: Response | None = None
-        async for event in self._events(raise_errors=True):
-            if event["type"] in ("response.completed", "response.incomplete"):
-                final = self.prepared.response.model_validate(event["response"])
-        assert final is not None
-        return final
+        async for _ in self._events(raise_errors=True):
+            pass  # the same items and events as a stream, unsent
+        assert self.final is not None
+        return self.final
 
     def chunks(self) -> AsyncIterator[Chunk]:
         return self._events(raise_errors=False)
@@ -241,7 +241,7 @@ class ResponsesGeneration(Submitted[PreparedResponse]):
         for chunk in w.close("incomplete" if cut else "completed"):
             yield chunk
         thought = splitter.reasoning_tokens if splitter is not None else 0
-        final = p.response.model_copy(
+        self.final = final = p.response.model_copy(
             update={
                 "status": "incomplete" if cut else "completed",
                 "completed_at": None if cut else pipe.now(),

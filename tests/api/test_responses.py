@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from server.api.app import create_app
 from server.engine.base import SamplingParams
 from server.engine.fake import FakeEngine
+from server.protocol.responses import ResponseCreateRequest
+from server.services.pipeline import ANONYMOUS
 from server.settings import Settings
 from tests.api.conftest import spec_hook
 from tests.spec.openapi import OpenAISpec
@@ -267,3 +269,47 @@ def test_requests_are_counted_in_the_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'llamaserve_requests_total{endpoint="/v1/responses",status="200"} 1.0' in text
     assert 'llamaserve_requests_total{endpoint="/v1/responses/{response_id}",status="404"} 1.0' in text
+
+
+def test_logprobs_come_with_the_text_when_included(sdk: OpenAI) -> None:
+    ask: Any = {"model": MODEL, "input": "Say hi.", "top_logprobs": 2, "include": ["message.output_text.logprobs"]}
+    r = sdk.responses.create(**ask)
+    [part] = r.output[0].content  # type: ignore[union-attr]
+    assert [lp.token for lp in part.logprobs] == list("Hello there, friend.")  # the fake's tokens are bytes
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in part.logprobs)
+    with sdk.responses.stream(**ask) as stream:
+        streamed = [lp.token for e in stream if e.type == "response.output_text.delta" for lp in e.logprobs]
+    assert streamed == [lp.token for lp in part.logprobs]
+    plain = sdk.responses.create(model=MODEL, input="Say hi.", top_logprobs=2)
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]  # not included: none, as OpenAI
+
+
+def test_an_engine_failure_after_the_start_is_an_error_then_response_failed(
+    client: TestClient, engine: RecordingEngine
+) -> None:
+    engine.fail_next_step = True
+    events = [
+        json.loads(line[6:])
+        for line in client.post("/v1/responses", json={"input": "hi", "stream": True}).text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
+    error, failed = events[-2:]
+    assert error["type"] == "error" and "engine failed" in error["message"]
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["code"] == "server_error"
+    with pytest.raises(openai.NotFoundError):  # a failed response is not stored
+        OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client).responses.retrieve(
+            failed["response"]["id"]
+        )
+    assert client.post("/v1/responses", json={"input": "hi"}).json()["status"] == "completed"  # and it serves on
+
+
+def test_our_extensions_are_honoured_as_on_the_other_generation_routes(
+    sdk: OpenAI, engine: RecordingEngine, client: TestClient
+) -> None:
+    r = sdk.responses.create(model=MODEL, input="Say hi.", extra_body={"priority": -5, "top_k": 1, "seed": 3})
+    assert r.status == "completed" and (engine.params[-1].top_k, engine.params[-1].seed) == (1, 3)
+    model = client.app.state.llamaserve.registry.loaded()  # type: ignore[attr-defined]
+    req = ResponseCreateRequest(input="Say hi.", priority=-5, store=False)
+    assert model.responses.prepare(req, "resp_x", ANONYMOUS, None).generation.requests[0].priority == -5

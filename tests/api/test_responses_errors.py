@@ -98,10 +98,11 @@ def test_unknown_fields_are_a_400_naming_them(client: TestClient) -> None:
     assert refused(client, {**OK, "max_tokens": 5})["param"] == "max_tokens"
 
 
-def test_ten_thousand_items_are_a_400(client: TestClient) -> None:
+def test_ten_thousand_items_are_a_400(engine: FakeEngine) -> None:
     items = [{"role": "user", "content": "a"}] * 10_000
-    error = refused(client, {**OK, "input": items})
-    assert error["param"] == "input" and "at most 64" in error["message"]
+    with TestClient(create_app(Settings(), engine=engine)) as c:  # the default --max-messages
+        error = refused(c, {**OK, "input": items})
+    assert error["param"] == "input" and "at most 2048 items" in error["message"]
 
 
 def test_an_unknown_previous_response_id_is_a_400_naming_the_field(client: TestClient) -> None:
