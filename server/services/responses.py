@@ -92,9 +92,8 @@ class ResponsesService:
         return {"enable_thinking": effort != "none", "reasoning_effort": effort}
 
     def _render(self, req: Request, items: Sequence[InputItem], plan: ToolPlan | None) -> str:
+        # An empty input is answered from the generation prompt alone (Codex probes a server so).
         messages = chat_messages(req.instructions, items)
-        if not messages:
-            raise InvalidRequestError("'input' holds nothing to respond to.", param="input")
         return self.chat.render_prompt(messages, plan, variables=self._variables(req))
 
     def _check_reasoning(self, req: Request, prompt: str) -> None:
@@ -332,9 +331,10 @@ async def input_items(
     if found is None:
         raise ResponseNotFoundError(response_id)
     data = found.items
+    # The spec types both ids as strings, never null: an empty page has "" (the SDK pages by data's ids).
     return ResponseItemList(
         data=data,
-        first_id=data[0]["id"] if data else None,
-        last_id=data[-1]["id"] if data else None,
+        first_id=data[0]["id"] if data else "",
+        last_id=data[-1]["id"] if data else "",
         has_more=found.has_more,
     )

@@ -313,3 +313,10 @@ def test_our_extensions_are_honoured_as_on_the_other_generation_routes(
     model = client.app.state.llamaserve.registry.loaded()  # type: ignore[attr-defined]
     req = ResponseCreateRequest(input="Say hi.", priority=-5, store=False)
     assert model.responses.prepare(req, "resp_x", ANONYMOUS, None).generation.requests[0].priority == -5
+
+
+def test_an_empty_input_is_answered_as_codex_probes(client: TestClient) -> None:
+    r = client.post("/v1/responses", json={"model": MODEL, "input": [], "max_output_tokens": 1})
+    assert r.status_code == 200 and r.json()["status"] == "incomplete"  # one token, then cut
+    listed = client.get(f"/v1/responses/{r.json()['id']}/input_items").json()
+    assert (listed["data"], listed["has_more"], listed["first_id"]) == ([], False, "")
