@@ -38,8 +38,10 @@ def stored(state_dir: Path) -> tuple[int, int]:
 
 def test_events_arrive_as_generated_and_leaving_frees_the_slot(tmp_path: Path) -> None:
     engine = FakeEngine(reply=lambda p: REPLY, n_slots=1, step_delay=0.05)
-    with live_server(create_app(Settings(state_dir=str(tmp_path)), engine=engine)) as url:
-        sdk = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with (
+        live_server(create_app(Settings(state_dir=str(tmp_path)), engine=engine)) as url,
+        OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as sdk,
+    ):
         arrivals: list[float] = []
         with sdk.responses.stream(model="fake-model", input="hi") as stream:
             for event in stream:
@@ -59,13 +61,17 @@ def test_events_arrive_as_generated_and_leaving_frees_the_slot(tmp_path: Path) -
 def test_state_survives_a_restart_and_store_false_writes_nothing(tmp_path: Path) -> None:
     engine = FakeEngine(reply=lambda p: "Hello Ada." if "Ada" in p else "Hi.", n_slots=2, n_ctx_per_seq=2048)
     settings = Settings(state_dir=str(tmp_path))
-    with live_server(create_app(settings, engine=engine)) as url:
-        sdk = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with (
+        live_server(create_app(settings, engine=engine)) as url,
+        OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as sdk,
+    ):
         first = sdk.responses.create(model="fake-model", input="My name is Ada.")
     before = stored(tmp_path)
     assert before[0] == 1
-    with live_server(create_app(settings, engine=engine)) as url:
-        sdk = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with (
+        live_server(create_app(settings, engine=engine)) as url,
+        OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as sdk,
+    ):
         again = sdk.responses.retrieve(first.id)
         assert again.model_dump() == first.model_dump()
         follow = sdk.responses.create(model="fake-model", input="Who am I?", previous_response_id=first.id, store=False)
