@@ -11,6 +11,7 @@ renders itself in OpenAI's shape (:meth:`~LlamaserveError.to_dict`) or Anthropic
     ├── AuthenticationError             401 invalid_api_key
     ├── ModelNotFoundError              404 code=model_not_found
     ├── RouteNotFoundError              404 code=not_found
+    ├── ResponseNotFoundError           404 (a stored response: absent, expired, or another key's)
     ├── MethodNotAllowedError           405 code=method_not_allowed
     ├── QueueFullError                  429 (carries retry_after seconds)
     │   └── KeyQueueFullError           429 code=key_queue_full (one API key's share is full)
@@ -138,6 +139,17 @@ class RouteNotFoundError(LlamaserveError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"Unknown route: {method} {path}")
+
+
+class ResponseNotFoundError(LlamaserveError):
+    """A stored response that is not there for this caller (another key's reads the same: absent)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, response_id: str) -> None:
+        shown = response_id if len(response_id) <= 128 else response_id[:128] + "..."
+        super().__init__(f"Response with id '{shown}' not found.")
 
 
 class MethodNotAllowedError(LlamaserveError):

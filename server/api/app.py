@@ -24,6 +24,7 @@ from server.api.routes import anthropic as anthropic_routes
 from server.api.routes import at_root
 from server.api.routes import openai as openai_routes
 from server.api.routes import ops as ops_routes
+from server.api.routes import responses as responses_routes
 from server.api.routes import templates as template_routes
 from server.api.routes import tokens as token_routes
 from server.api.security import SecurityMiddleware, key_id, ui_public_paths
@@ -149,9 +150,9 @@ def create_app(
         # Outermost, so that preflights are answered before the key check and 401s carry CORS headers.
         app.add_middleware(LenientPreflightCORSMiddleware, **cors_options(settings))
     install_error_handlers(app)
-    for routes in (openai_routes, anthropic_routes, ops_routes, template_routes, token_routes):
+    for routes in (openai_routes, anthropic_routes, responses_routes, ops_routes, template_routes, token_routes):
         app.include_router(routes.router)
-    for routes in (openai_routes, anthropic_routes):
+    for routes in (openai_routes, anthropic_routes, responses_routes):
         app.include_router(at_root(routes.router))  # /chat/completions as /v1/chat/completions
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():

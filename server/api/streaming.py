@@ -4,9 +4,10 @@ A client that leaves cancels its request end to end: a JSON response is abandone
 the disconnect is seen, a stream when its next chunk cannot be written; either way every
 choice's handle is cancelled and the scheduler frees the slots at its next step.
 
-Two framings: OpenAI's (``data:`` lines, ``data: [DONE]`` at the end) and Anthropic's (every
-event named, ``event: <type>`` over its ``data:``, nothing after ``message_stop``). An error after
-the stream started is an ``error`` event in the route family's error shape.
+Three framings: OpenAI's (``data:`` lines, ``data: [DONE]`` at the end), Anthropic's (every
+event named, ``event: <type>`` over its ``data:``, nothing after ``message_stop``), and OpenAI's
+Responses (named like Anthropic's, nothing after the terminal event). An error after the stream
+started is an ``error`` event in the route family's error shape.
 """
 
 from __future__ import annotations
@@ -107,4 +108,17 @@ async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[d
         if isinstance(item, LlamaserveError):
             yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIXES[0]))}
             return
+        yield {"event": str(item["type"]), "data": _dumps(item)}
+
+
+async def responses_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+    """Each chunk is one named event; the service reports generation errors in-band itself, so what
+    arrives here (a failed store write, a bug) becomes the Responses ``error`` event and ends it."""
+    sequence = 0
+    async for item in _until_error(chunks):
+        if isinstance(item, LlamaserveError):
+            error = {"type": "error", "code": item.code, "message": item.message, "param": item.param}
+            yield {"event": "error", "data": _dumps({**error, "sequence_number": sequence})}
+            return
+        sequence = int(str(item["sequence_number"])) + 1
         yield {"event": str(item["type"]), "data": _dumps(item)}

@@ -14,6 +14,7 @@ from server.services.embeddings import EmbeddingsService
 from server.services.limits import RequestLimits
 from server.services.messages import MessagesService
 from server.services.pipeline import Pipeline
+from server.services.responses import ResponsesService
 from server.services.tokens import TokenService
 
 
@@ -27,6 +28,7 @@ class LoadedModel:
     embeddings: EmbeddingsService
     tokens: TokenService
     messages: MessagesService
+    responses: ResponsesService
     close: Callable[[], None]  # stops the scheduler, frees the embedder and the engine; blocks
 
     @classmethod
@@ -67,5 +69,6 @@ class LoadedModel:
             embeddings=embeddings,
             tokens=TokenService(pipeline),
             messages=MessagesService(pipeline, chat),
+            responses=ResponsesService(pipeline, chat),
             close=close,
         )

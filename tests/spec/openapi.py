@@ -60,6 +60,7 @@ class OpenAISpec:
         resource = Resource.from_contents(document, default_specification=DRAFT202012)
         self._registry: Registry[Any] = Registry().with_resource(_SPEC_URI, resource)
         self._validators: dict[str, Draft202012Validator] = {}
+        self._event_components: dict[str, str] = {}
 
     def validator(self, component: str) -> Draft202012Validator:
         if component not in self._validators:
@@ -68,6 +69,17 @@ class OpenAISpec:
             schema = {"$ref": f"{_SPEC_URI}#/components/schemas/{component}"}
             self._validators[component] = Draft202012Validator(schema, registry=self._registry)
         return self._validators[component]
+
+    def stream_event_component(self, event_type: str) -> str:
+        """The ``ResponseStreamEvent`` member schema of events of ``event_type``."""
+        if not self._event_components:
+            for member in self.schemas["ResponseStreamEvent"]["anyOf"]:
+                name = member["$ref"].rsplit("/", 1)[-1]
+                for kind in self.schemas[name].get("properties", {}).get("type", {}).get("enum", []):
+                    self._event_components[kind] = name
+        if event_type not in self._event_components:
+            raise SpecViolation(f"{event_type!r} is not a Responses stream event type")
+        return self._event_components[event_type]
 
     def validate(self, component: str, body: Any) -> None:
         """Raise :class:`SpecViolation` naming every place ``body`` breaks ``component``."""
@@ -123,14 +135,19 @@ _JSON_COMPONENTS = {
     ("POST", "/v1/completions"): "CreateCompletionResponse",
     ("POST", "/v1/embeddings"): "CreateEmbeddingResponse",
     ("GET", "/v1/models"): "ListModelsResponse",
+    ("POST", "/v1/responses"): "Response",
+    ("POST", "/v1/responses/input_tokens"): "TokenCountsResource",
 }
 _STREAM_COMPONENTS = {
     "/v1/chat/completions": "CreateChatCompletionStreamResponse",
     "/v1/completions": "CreateCompletionResponse",
+    "/v1/responses": "ResponseStreamEvent",
 }
+# How a Responses stream ends: its terminal event, or an error event (nothing after either).
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 
 
-_UNPREFIXED = ("/chat/completions", "/completions", "/embeddings", "/models")
+_UNPREFIXED = ("/chat/completions", "/completions", "/embeddings", "/models", "/responses")
 
 
 def as_v1(path: str) -> str:
@@ -145,6 +162,8 @@ def component_for(method: str, path: str) -> str | None:
         return _JSON_COMPONENTS[(method, path)]
     if method == "GET" and path.startswith("/v1/models/"):
         return "Model"
+    if method == "GET" and path.startswith("/v1/responses/"):
+        return "ResponseItemList" if path.endswith("/input_items") else "Response"
     return None
 
 
@@ -178,8 +197,10 @@ def check_http_response(spec: OpenAISpec, method: str, path: str, request_body: 
         component = _STREAM_COMPONENTS.get(path)
         if component is None:
             return []
-        checked = []
         events = sse_events(body.decode("utf-8"))
+        if path == "/v1/responses":
+            return check_responses_stream(spec, events)
+        checked = []
         if not events or (events[-1] != (None, "[DONE]") and events[-1][0] != "error"):
             raise SpecViolation(f"a stream from {path} must end with 'data: [DONE]' or an error event")
         for event, data in events:
@@ -205,6 +226,22 @@ def check_http_response(spec: OpenAISpec, method: str, path: str, request_body: 
             item["embedding"] = [0.0]
     spec.validate(component, parsed)
     return [component]
+
+
+def check_responses_stream(spec: OpenAISpec, events: list[tuple[str | None, str]]) -> list[str]:
+    """A Responses stream: every event named as its ``type``, valid, numbered 0, 1, 2...; it starts
+    with ``response.created`` and ends with its terminal event (no ``[DONE]``)."""
+    parsed = [(name, json.loads(data)) for name, data in events]
+    if not parsed or parsed[0][1].get("type") not in ("response.created", "error"):
+        raise SpecViolation("a Responses stream must start with response.created")
+    if parsed[-1][1].get("type") not in RESPONSES_TERMINAL:
+        raise SpecViolation(f"a Responses stream must end with a terminal event, not {parsed[-1][1].get('type')}")
+    for i, (name, body) in enumerate(parsed):
+        if name != body.get("type") or body.get("sequence_number") != i:
+            raise SpecViolation(f"event {i} is misnamed or misnumbered: event {name!r}, body {str(body)[:300]}")
+        # The member schema its type names: the anyOf over all of them reports only "no match".
+        spec.validate(spec.stream_event_component(str(body.get("type"))), body)
+    return ["ResponseStreamEvent"] * len(parsed)
 
 
 def _asks_base64(request_body: bytes) -> bool:
