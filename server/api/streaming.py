@@ -111,11 +111,13 @@ async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[d
         yield {"event": str(item["type"]), "data": _dumps(item)}
 
 
-async def responses_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+async def responses_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
     """Each chunk is one named event; the service reports generation errors in-band itself, so what
     arrives here (a failed store write, a bug) becomes the Responses ``error`` event and ends it."""
     sequence = 0
     async for item in _until_error(chunks):
+        if isinstance(item, StreamComment):  # never made for Responses, which has no include_progress
+            continue
         if isinstance(item, LlamaserveError):
             error = {"type": "error", "code": item.code, "message": item.message, "param": item.param}
             yield {"event": "error", "data": _dumps({**error, "sequence_number": sequence})}
