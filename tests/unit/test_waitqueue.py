@@ -78,3 +78,23 @@ def test_remove_if_counts_and_clear() -> None:
     assert len(q) == 2 and q.count("a") == 1 and q.count("b") == 1
     assert sorted(it.name for it in q.clear()) == ["0", "3"]
     assert not q and q.counts() == {}
+
+
+def test_a_request_put_back_goes_first_in_its_priority_whatever_its_key() -> None:
+    q: WaitQueue[Item] = WaitQueue()
+    for name, key, prio in [("a", "x", 5), ("b", "y", 5), ("hi", "y", 0)]:
+        q.push(Item(name, key_id=key, priority=prio))
+    q.push_front(Item("paused", key_id="z", priority=5))
+    q.push_front(Item("paused-later", key_id="x", priority=5))
+    # Priority still comes first; within priority 5, the put-back ones lead, the latest first.
+    assert drain(q) == ["hi", "paused-later", "paused", "a", "b"]
+
+
+def test_taking_a_put_back_request_does_not_charge_its_key_again() -> None:
+    q: WaitQueue[Item] = WaitQueue()
+    q.push_front(Item("resumed", key_id="a"))
+    for i in range(2):
+        q.push(Item(f"a{i}", key_id="a"))
+        q.push(Item(f"b{i}", key_id="b"))
+    # "a" was charged when "resumed" first left the queue: its turn comes as if it had never come back.
+    assert drain(q) == ["resumed", "a0", "b0", "a1", "b1"]
