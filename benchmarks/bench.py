@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fair-prefill", action="store_true", help="run the fair-prefill scenario (fair vs FIFO)")
     p.add_argument("--priority", action="store_true", help="run the priority / fair-share scenario")
     p.add_argument("--scenario-rounds", type=int, default=3, help="interleaved rounds of each scenario")
+    p.add_argument(
+        "--preempt-after",
+        type=float,
+        default=1.0,
+        help="the priority scenario's --preempt-after (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -263,7 +269,9 @@ def _scenarios(out: dict[str, object], args: argparse.Namespace) -> None:
         out["fair_prefill"] = scenarios.fair_prefill(args.scenario_rounds, batch_size=256)
         log.info("fair prefill: %s", json.dumps(out["fair_prefill"]))
     if args.priority:
-        out["priority"] = scenarios.priority_share(args.scenario_rounds, parallel=2, load_streams=4)
+        out["priority"] = scenarios.priority_share(
+            args.scenario_rounds, parallel=2, load_streams=4, preempt_after=args.preempt_after
+        )
         log.info("priority and fair share: %s", json.dumps(out["priority"]))
 
 

@@ -7,8 +7,9 @@ shared and noisy, so only ratios from one run mean anything):
   prompt started, on a server with ``--fair-prefill`` and one with ``--no-fair-prefill``; and the
   long prompt's own TTFT on each.
 * priority and fair share: an interactive key's TTFT p95 unloaded, then under a saturating load
-  from a batch key (priority 10, in the config), against the same load where the interactive
-  requests queue with the batch ones (same key and priority: first come, first served).
+  from a batch key (priority 10, in the config), on a server that preempts (``--preempt-after``)
+  and on one that does not; and the same load where the interactive requests queue with the batch
+  ones (same key and priority: first come, first served).
 
 It prints figures and passes no judgement.
 """
@@ -123,20 +124,33 @@ async def _interactive(url: str, n: int, key: str, load_streams: int, load_key: 
     return times
 
 
-def priority_share(rounds: int, parallel: int, load_streams: int) -> dict[str, object]:
-    samples: dict[str, list[float]] = {"unloaded": [], "priority": [], "fifo": []}
-    with _keys_config() as config, spawned_server(parallel, ["--config", config]) as url:
-        for _ in range(rounds):
+def priority_share(rounds: int, parallel: int, load_streams: int, preempt_after: float) -> dict[str, object]:
+    samples: dict[str, list[float]] = {"unloaded": [], "priority": [], "priority_no_preempt": [], "fifo": []}
+    with (
+        _keys_config() as config,
+        spawned_server(parallel, ["--config", config, "--preempt-after", str(preempt_after)]) as url,
+        spawned_server(parallel, ["--config", config, "--preempt-after", "0"]) as no_preempt_url,
+    ):
+        for _ in range(rounds):  # interleaved: each round runs every configuration
             samples["unloaded"] += asyncio.run(_interactive(url, 5, UI_KEY, 0, BATCH_KEY))
             samples["priority"] += asyncio.run(_interactive(url, 5, UI_KEY, load_streams, BATCH_KEY))
+            samples["priority_no_preempt"] += asyncio.run(
+                _interactive(no_preempt_url, 5, UI_KEY, load_streams, BATCH_KEY)
+            )
             # The same load, but the interactive requests queue as batch ones: first come, first served.
             samples["fifo"] += asyncio.run(_interactive(url, 5, BATCH_KEY, load_streams, BATCH_KEY))
-    out: dict[str, object] = {"rounds": rounds, "parallel": parallel, "load_streams": load_streams}
+    out: dict[str, object] = {
+        "rounds": rounds,
+        "parallel": parallel,
+        "load_streams": load_streams,
+        "preempt_after": preempt_after,
+    }
     for name, values in samples.items():
         ok = [v for v in values if v == v]
         out[f"{name}_ttft_p50"] = round(percentile(ok, 0.5), 3)
         out[f"{name}_ttft_p95"] = round(percentile(ok, 0.95), 3)
         out[f"{name}_failed"] = len(values) - len(ok)
     out["priority_p95_over_unloaded"] = round(out["priority_ttft_p95"] / out["unloaded_ttft_p95"], 1)  # type: ignore[operator]
+    out["no_preempt_p95_over_unloaded"] = round(out["priority_no_preempt_ttft_p95"] / out["unloaded_ttft_p95"], 1)  # type: ignore[operator]
     out["fifo_p95_over_unloaded"] = round(out["fifo_ttft_p95"] / out["unloaded_ttft_p95"], 1)  # type: ignore[operator]
     return out

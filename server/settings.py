@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     max_queue_per_key: int = Field(
         default=0, ge=0, description="requests one API key may have waiting before 429 (0 = only --max-queue)"
     )
+    preempt_after: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds a request of better priority may wait while every slot is busy before the worst "
+        "running sequence is paused for it (0 = never preempt)",
+    )
     fair_prefill: bool = Field(
         default=True,
         description="share each step's prompt processing among waiting prompts (off: first come, first served)",

@@ -54,6 +54,7 @@ def _serve_model(metrics: Metrics, source: EngineSource, settings: Settings, eng
         request_timeout=settings.request_timeout,
         max_queue_per_key=settings.max_queue_per_key,
         key_weights={key_id(k.key): k.weight for k in settings.keys},
+        preempt_after=settings.preempt_after,
     )
     hooks.watch(scheduler)
     hooks.watch_cache(engine.cache_stats)

@@ -12,6 +12,7 @@ scheduler passes them on untouched)::
     EngineError                  a failure inside the engine
     ├── DecodeError              a step's decode failed; the engine stays usable
     ├── EmbeddingsUnavailableError  make_embedder(): this engine cannot embed
+    ├── PauseRefusedError        pause() refused this slot's sequence; it runs on, untouched
     └── SequenceRefusedError     begin() refused this sequence; nothing changed
         ├── InvalidGrammarError  the GBNF grammar does not parse
         ├── PromptTooLongError   more prompt tokens than a slot holds
@@ -26,6 +27,13 @@ Life of a sequence::
         for out in engine.step():                          # one batched decode
             ...                                            # out.slot, out.token
     engine.release(slot)                                   # free its KV cells
+
+A running sequence may be taken out of its slot and put back later, into any free slot,
+as if it had never left (preemption)::
+
+    paused = engine.pause(slot)      # its cells copied to host memory; the slot is free
+    engine.resume(other, paused)     # the same cells, sampler and pending token: it goes on
+    engine.drop_paused(paused)       # or: never resumed (cancelled); what it held is freed
 
 Embeddings come from an :class:`Embedder` the engine makes on its own loaded model
 (``engine.make_embedder(n_ctx)``): a context of its own, so it never takes a slot.
@@ -128,6 +136,10 @@ class SequenceRefusedError(EngineError):
     """:meth:`Engine.begin` refused this sequence: the request is at fault, the slot is untouched."""
 
 
+class PauseRefusedError(EngineError):
+    """:meth:`Engine.pause` cannot take this slot's sequence out; it runs on, untouched."""
+
+
 class EmbeddingsUnavailableError(EngineError):
     """:meth:`Engine.make_embedder`: this engine cannot make embeddings (a fake without an embedder)."""
 
@@ -156,6 +168,20 @@ class SlotBusyError(SequenceRefusedError):
     def __init__(self, slot: int) -> None:
         super().__init__(f"slot {slot} is busy")
         self.slot = slot
+
+
+class PausedSequence(Protocol):
+    """A sequence :meth:`Engine.pause` took out of its slot: only the engine that made it reads it.
+
+    It holds its KV state in host memory (never in the prompt cache, which could evict it),
+    its sampler (RNG, grammar state, penalty history) and the token it sampled last, not yet
+    decoded, until :meth:`Engine.resume` or :meth:`Engine.drop_paused` takes it.
+    """
+
+    @property
+    def n_bytes(self) -> int:
+        """Host memory it holds."""
+        ...
 
 
 class Embedder(Protocol):
@@ -256,11 +282,34 @@ class Engine(Protocol):
         """End the slot's sequence. With ``keep_cache`` its tokens stay for prefix reuse."""
         ...
 
+    def pause(self, slot: int) -> PausedSequence:
+        """Take the slot's running sequence out, to be resumed later without recomputing anything.
+
+        Its KV state is copied to host memory and its sampler and last sampled token kept; the
+        slot becomes free (its cells stay as an idle slot's do, for prefix reuse). Raises
+        :class:`PauseRefusedError` (and changes nothing) when the slot runs no sequence, or one
+        that shares its prompt's cells with another slot still prefilling it (the ``n`` choices of
+        one request), or when the state cannot be copied out.
+        """
+        ...
+
+    def resume(self, slot: int, paused: PausedSequence) -> None:
+        """Put a paused sequence into the free ``slot``; the next :meth:`step` goes on with it.
+
+        Raises :class:`SlotBusyError` when the slot runs a sequence, and :class:`EngineError`
+        when the state cannot be written back (the slot is then free and ``paused`` still held).
+        """
+        ...
+
+    def drop_paused(self, paused: PausedSequence) -> None:
+        """Free what a paused sequence holds (it was cancelled, or timed out); idempotent."""
+        ...
+
     def reset(self) -> None:
         """Recreate the context: every slot ends and every KV cell is freed; the model stays loaded.
 
         The scheduler calls it after a failed step, once it has failed that step's requests, so that
-        a context the failure left unusable serves again.
+        a context the failure left unusable serves again. Paused sequences survive it.
         """
         ...
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.engine.base import (
     Embedder,
@@ -24,6 +24,8 @@ from server.engine.base import (
     EngineError,
     InvalidGrammarError,
     ModelInfo,
+    PausedSequence,
+    PauseRefusedError,
     Pooling,
     PromptTooLongError,
     SamplingParams,
@@ -78,6 +80,17 @@ class _Slot:
     top_logprobs: int | None = None
 
 
+@dataclass(eq=False)
+class _Paused:
+    """A paused sequence of the fake: a copy of its slot's state, and what its "KV cells" would weigh."""
+
+    slot: _Slot
+
+    @property
+    def n_bytes(self) -> int:
+        return 4 * len(self.slot.cache)
+
+
 class FakeEngine:
     def __init__(
         self,
@@ -104,6 +117,7 @@ class FakeEngine:
         self.steps = 0
         self.resets = 0
         self.prefilled_tokens = 0
+        self.paused: set[_Paused] = set()  # held until resumed or dropped (tests check it is freed)
         self._info = ModelInfo(
             id=model_id,
             path="<fake>",
@@ -244,6 +258,31 @@ class FakeEngine:
             self._prefill_order.remove(slot)
         if not keep_cache:
             s.cache = []
+
+    def pause(self, slot: int) -> PausedSequence:
+        s = self._slots[slot]
+        if not s.active:
+            raise PauseRefusedError(f"slot {slot} runs no sequence")
+        paused = _Paused(replace(s, cache=list(s.cache), pending=list(s.pending), active=True))
+        self.paused.add(paused)
+        self.release(slot)  # its cells stay, as a released slot's do
+        return paused
+
+    def resume(self, slot: int, paused: PausedSequence) -> None:
+        s = self._slots[slot]
+        if s.active:
+            raise SlotBusyError(slot)
+        if not isinstance(paused, _Paused) or paused not in self.paused:
+            raise EngineError("not a sequence this engine holds paused")
+        self.paused.discard(paused)
+        held = paused.slot
+        self._slots[slot] = replace(held, cache=list(held.cache), pending=list(held.pending), active=True)
+        if held.pending:
+            self._prefill_order.append(slot)
+
+    def drop_paused(self, paused: PausedSequence) -> None:
+        if isinstance(paused, _Paused):
+            self.paused.discard(paused)
 
     def reset(self) -> None:
         self.resets += 1

@@ -87,6 +87,7 @@ class SchedulerHooks(Protocol):
     def request_rejected(self, reason: str) -> None: ...  # asyncio thread
     def request_started(self, queue_seconds: float, prompt_tokens: int, cached_tokens: int, priority: int) -> None: ...
     def first_token(self, ttft_seconds: float, prompt_seconds: float) -> None: ...
+    def request_preempted(self) -> None: ...  # a running sequence was paused for a better one
     def token(self, inter_token_seconds: float) -> None: ...
     def request_finished(
         self, reason: FinishReason, prompt_tokens: int, completion_tokens: int, e2e_seconds: float
@@ -108,6 +109,9 @@ class NoHooks:
         pass
 
     def token(self, inter_token_seconds: float) -> None:
+        pass
+
+    def request_preempted(self) -> None:
         pass
 
     def request_finished(

@@ -9,6 +9,16 @@ client that disconnects frees its slot and KV cells within one step.
 Waiting requests are ordered by :class:`~server.runtime.waitqueue.WaitQueue`: priority,
 then weighted round robin across API keys, then arrival. ``max_queue`` bounds the whole
 queue and ``max_queue_per_key`` one key's part of it (429 beyond either).
+
+With ``preempt_after`` > 0, a request of strictly better priority that has waited that long
+while every slot is busy gets one: the worst running sequence is paused
+(:mod:`server.runtime.preemption` says which), its state held by the engine
+(:meth:`Engine.pause <server.engine.base.Engine.pause>`), and it goes back to the front of its
+priority in the queue. Its stream just stalls; when it takes a slot again it goes on where it
+stopped: the engine kept its cells, sampler and pending token, and its :class:`_Sequence` (text
+stream with its stop-string state, tokens generated, budget left) never left the scheduler.
+At most ``n_slots`` sequences are paused at once, so paused states never hold more host memory
+than the KV cache itself.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from server.engine.base import Engine, EngineError, FinishReason, StepOutput
+from server.engine.base import Engine, EngineError, FinishReason, PausedSequence, StepOutput
 from server.errors import KeyQueueFullError, QueueFullError, RequestTimeoutError, ServiceUnavailableError
 from server.runtime.events import (
     ErrorEvent,
@@ -35,6 +45,7 @@ from server.runtime.events import (
     TokenEvent,
 )
 from server.runtime.handle import Outbox, RequestHandle
+from server.runtime.preemption import choose_victims
 from server.runtime.textstream import TextStream
 from server.runtime.waitqueue import WaitQueue
 
@@ -49,6 +60,8 @@ class _Sequence:
     handle: RequestHandle
     submitted_at: float
     stream: TextStream
+    queued_at: float = 0.0  # when it last joined the wait queue (submitted, or paused)
+    paused: PausedSequence | None = None  # held by the engine while the sequence waits to resume
     slot: int = -1
     cached: int = 0
     generated: int = 0
@@ -64,6 +77,10 @@ class _Sequence:
     @property
     def key_id(self) -> str:
         return self.request.key_id
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.request.prompt_tokens) + self.generated
 
 
 @dataclass
@@ -90,11 +107,13 @@ class Scheduler:
         request_timeout: float = 0.0,
         max_queue_per_key: int = 0,
         key_weights: Mapping[str, float] | None = None,
+        preempt_after: float = 0.0,
     ) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.max_queue_per_key = max_queue_per_key  # 0 = only max_queue bounds a key
         self.request_timeout = request_timeout  # seconds from submit to the last token; 0 = none
+        self.preempt_after = preempt_after  # seconds a better request waits before a pause; 0 = never
         self.hooks: SchedulerHooks = hooks or NoHooks()
         self.n_slots = engine.info.n_slots
         self._eog = engine.info.eog_tokens
@@ -107,6 +126,7 @@ class Scheduler:
         self._slot_last_used = [0.0] * self.n_slots
         self._avg_request_seconds = 2.0
         self._busy = 0  # slots busy, read by the asyncio side for admission decisions
+        self._n_paused = 0  # sequences paused, in the wait queue; engine thread only
         self._thread: threading.Thread | None = None
         # Liveness (/health/live): when the engine thread last finished a pass of its loop, or woke from
         # idle. Written by the engine thread only; a float store is atomic, so readers need no lock.
@@ -170,7 +190,8 @@ class Scheduler:
                 self.hooks.request_rejected("key_queue_full")
                 raise KeyQueueFullError(self.retry_after())
             handle = RequestHandle(next(self._ids), loop, self._cancel)
-            seq = _Sequence(request, handle, time.monotonic(), TextStream(request.stop))
+            now = time.monotonic()
+            seq = _Sequence(request, handle, now, TextStream(request.stop), queued_at=now)
             self._shared.waiting.push(seq)
             self._shared.queue_changed = True
             if request.progress:
@@ -201,12 +222,15 @@ class Scheduler:
                     break
                 cancelled, self._shared.cancelled = self._shared.cancelled, set()
                 self._drop_cancelled_waiting(cancelled)
+                victims = self._victims(cancelled)
                 admitted = self._take_admissions()
                 if self._shared.report_positions and (admitted or cancelled or self._shared.queue_changed):
                     self._report_positions()
                 self._shared.queue_changed = False
             try:
                 self._release_cancelled(cancelled)
+                if victims:
+                    admitted += self._preempt(victims)
                 for seq in admitted:
                     self._begin(seq)
                 step_error = self._step() if self._active else False
@@ -267,15 +291,70 @@ class Scheduler:
             self._shared.queue_changed |= bool(overdue)
         for seq in overdue:
             log.warning("request %s passed the %g s request timeout while queued", seq.request.request_id, limit)
+            self._drop_paused(seq)
             self._outbox.push(seq.handle, ErrorEvent(RequestTimeoutError(limit)))
-            self.hooks.request_finished(FinishReason.ERROR, len(seq.request.prompt_tokens), 0, now - seq.submitted_at)
+            self.hooks.request_finished(
+                FinishReason.ERROR, len(seq.request.prompt_tokens), seq.generated, now - seq.submitted_at
+            )
 
     def _drop_cancelled_waiting(self, cancelled: set[int]) -> None:
-        # A client that left while queued never takes a slot.
+        # A client that left while queued never takes a slot; one that left while paused frees its state.
         if not cancelled:
             return
         for seq in self._shared.waiting.remove_if(lambda s: s.handle.seq_id in cancelled):
-            self.hooks.request_finished(FinishReason.CANCELLED, len(seq.request.prompt_tokens), 0, 0.0)
+            self._drop_paused(seq)
+            self.hooks.request_finished(FinishReason.CANCELLED, len(seq.request.prompt_tokens), seq.generated, 0.0)
+
+    def _drop_paused(self, seq: _Sequence) -> None:
+        if seq.paused is not None:
+            self.engine.drop_paused(seq.paused)
+            seq.paused = None
+            self._n_paused -= 1
+
+    # ---- preemption ---------------------------------------------------------------------------
+
+    def _victims(self, cancelled: set[int]) -> list[_Sequence]:
+        """Running sequences to pause for better waiting ones (see the module docstring); under the lock."""
+        if self.preempt_after <= 0 or len(self._active) < self.n_slots or not self._shared.waiting:
+            return []
+        running = [s for s in self._active.values() if s.handle.seq_id not in cancelled]
+        if len(running) < self.n_slots:
+            return []  # a slot frees this pass: no need to take one
+        return choose_victims(
+            running,
+            self._shared.waiting,
+            now=time.monotonic(),
+            after=self.preempt_after,
+            limit=self.n_slots - self._n_paused,
+        )
+
+    def _preempt(self, victims: list[_Sequence]) -> list[_Sequence]:
+        """Pause ``victims``, put them back in the queue, and admit into the slots they free."""
+        paused = []
+        for seq in victims:
+            try:
+                seq.paused = self.engine.pause(seq.slot)
+            except EngineError as exc:  # n choices sharing a prompt still prefilling, say: it runs on
+                log.debug("request %s was not paused: %s", seq.request.request_id, exc)
+                continue
+            del self._active[seq.slot]
+            self._slot_last_used[seq.slot] = time.monotonic()
+            self._n_paused += 1
+            seq.queued_at = time.monotonic()
+            paused.append(seq)
+            self.hooks.request_preempted()
+            log.info(
+                "paused request %s (priority %d, %d tokens generated) for a better-priority request",
+                seq.request.request_id,
+                seq.priority,
+                seq.generated,
+            )
+        if not paused:
+            return []
+        with self._cond:
+            for seq in paused:
+                self._shared.waiting.push_front(seq)
+            return self._take_admissions()
 
     def _report_positions(self) -> None:
         """Tell each waiting progress request its place in the queue, when it changed (lock held)."""
@@ -308,14 +387,19 @@ class Scheduler:
         taken: list[_Sequence] = []
         while free and self._shared.waiting:
             seq = self._shared.waiting.pop()
-            seq.slot = self._choose_slot(free, seq.request.prompt_tokens)
+            seq.slot = self._choose_slot(seq, free)
             free.remove(seq.slot)
             self._active[seq.slot] = seq
             taken.append(seq)
         self._busy = len(self._active)
         return taken
 
-    def _choose_slot(self, free: list[int], prompt: Sequence[int]) -> int:
+    def _choose_slot(self, seq: _Sequence, free: list[int]) -> int:
+        if seq.paused is not None and seq.slot in free:
+            return seq.slot  # its old slot may still hold its cells: nothing to copy back
+        return self._best_slot(free, seq.request.prompt_tokens)
+
+    def _best_slot(self, free: list[int], prompt: Sequence[int]) -> int:
         # Longest cached prefix wins. Among equals, the slot whose loss costs least: one that loses
         # nothing (empty, or kept by the engine's prompt cache), then the least recently used, so
         # that caches other conversations may come back to survive longest.
@@ -331,6 +415,9 @@ class Scheduler:
                 self._finish(seq, FinishReason.CANCELLED, keep_cache=False)
 
     def _begin(self, seq: _Sequence) -> None:
+        if seq.paused is not None:
+            self._resume(seq)
+            return
         now = time.monotonic()
         seq.started_at = now
         try:
@@ -349,6 +436,23 @@ class Scheduler:
         self.hooks.request_started(
             now - seq.submitted_at, len(seq.request.prompt_tokens), seq.cached, seq.request.priority
         )
+
+    def _resume(self, seq: _Sequence) -> None:
+        assert seq.paused is not None
+        try:
+            self.engine.resume(seq.slot, seq.paused)
+        except Exception as exc:
+            log.warning("request %s could not resume: %s", seq.request.request_id, exc)
+            self._drop_paused(seq)
+            del self._active[seq.slot]
+            self._busy = len(self._active)
+            self._outbox.push(seq.handle, ErrorEvent(exc if isinstance(exc, EngineError) else EngineError(str(exc))))
+            self.hooks.request_finished(
+                FinishReason.ERROR, len(seq.request.prompt_tokens), seq.generated, time.monotonic() - seq.submitted_at
+            )
+            return
+        seq.paused = None
+        self._n_paused -= 1
 
     def _step(self) -> bool:
         """One decode over every active slot; True when it failed."""
@@ -418,4 +522,5 @@ class Scheduler:
             self._finish(seq, FinishReason.CANCELLED, keep_cache=False, notify=False)
         with self._cond:
             for seq in self._shared.waiting.clear():
+                self._drop_paused(seq)
                 self._outbox.push(seq.handle, ErrorEvent(ServiceUnavailableError("The server is shutting down.")))

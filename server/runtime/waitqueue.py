@@ -9,6 +9,10 @@ Which waiting request takes the next free slot:
    one of weight 1, whatever either has queued;
 3. within a key, arrival order (ties of priority go by arrival, as vLLM orders them).
 
+A request put back with :meth:`WaitQueue.push_front` (a preempted one) goes ahead of every
+request of its priority, whatever its key, and taking it does not advance its key's pass: it
+was charged when it first left the queue.
+
 A key that had nothing waiting joins at the pass of the keys being served now, not at its
 old pass: an idle key banks no credit it could later use to starve the others. Requests
 without an API key share one key, ``""``.
@@ -48,6 +52,7 @@ class WaitQueue(Generic[T]):
         self._weights = dict(weights or {})
         self._keys: dict[str, _Key[T]] = {}
         self._arrival = itertools.count()
+        self._front = itertools.count(-1, -1)  # arrivals of pushed-back items: before every other
         self._len = 0
         self._now = 0.0  # the pass of the key served last: where the round robin stands
 
@@ -80,21 +85,30 @@ class WaitQueue(Generic[T]):
         heapq.heappush(k.heap, (item.priority, next(self._arrival), item))
         self._len += 1
 
+    def push_front(self, item: T) -> None:
+        """Put ``item`` back at the front of its priority (see the module docstring)."""
+        k = self._keys.get(item.key_id)
+        if k is None:
+            k = self._keys[item.key_id] = _Key(weight=max(self._weights.get(item.key_id, 1.0), 1e-6))
+        heapq.heappush(k.heap, (item.priority, next(self._front), item))
+        self._len += 1
+
     def pop(self) -> T:
         """The item that goes next (see the module docstring); IndexError when empty."""
-        best: tuple[int, float, int] | None = None
+        best: tuple[int, bool, float, int] | None = None
         chosen: _Key[T] | None = None
         for k in self._keys.values():
             if k.heap:
                 prio, arrival, _ = k.heap[0]
-                rank = (prio, k.pass_, arrival)
+                rank = (prio, arrival >= 0, k.pass_, arrival)
                 if best is None or rank < best:
                     best, chosen = rank, k
         if chosen is None:
             raise IndexError("pop from an empty wait queue")
-        _, _, item = heapq.heappop(chosen.heap)
-        self._now = chosen.pass_
-        chosen.pass_ += 1.0 / chosen.weight
+        _, arrival, item = heapq.heappop(chosen.heap)
+        if arrival >= 0:
+            self._now = chosen.pass_
+            chosen.pass_ += 1.0 / chosen.weight
         self._len -= 1
         return item
 
@@ -107,11 +121,18 @@ class WaitQueue(Generic[T]):
         passes = {key: self._keys[key].pass_ for key in heaps}
         heads = dict.fromkeys(heaps, 0)
         out: list[T] = []
+
+        def rank(key: str) -> tuple[int, bool, float, int]:  # as pop ranks a key's head
+            prio, arrival, _ = heaps[key][heads[key]]
+            return (prio, arrival >= 0, passes[key], arrival)
+
         while heaps:
-            key = min(heaps, key=lambda k: (heaps[k][heads[k]][0], passes[k], heaps[k][heads[k]][1]))
-            out.append(heaps[key][heads[key]][2])
+            key = min(heaps, key=rank)
+            _, arrival, item = heaps[key][heads[key]]
+            out.append(item)
             heads[key] += 1
-            passes[key] += 1.0 / self._keys[key].weight
+            if arrival >= 0:  # a put-back item does not charge its key, as in pop
+                passes[key] += 1.0 / self._keys[key].weight
             if heads[key] == len(heaps[key]):
                 del heaps[key]
         return out

@@ -15,7 +15,9 @@ import pytest
 from server.engine.base import (
     EmptyPromptError,
     Engine,
+    EngineError,
     InvalidGrammarError,
+    PauseRefusedError,
     PromptTooLongError,
     SamplingParams,
     SequenceRefusedError,
@@ -183,3 +185,46 @@ def test_prefill_progress_counts_the_prompt_tokens_in_the_cells(engine: Engine) 
     assert engine.prefill_progress(0) == 0
     assert engine.begin(0, [*PROMPT[:20], 200, 201], GREEDY) == 20
     assert engine.prefill_progress(0) == 20  # a reused prefix counts from the start
+
+
+def tokens(engine: Engine, slot: int, n: int) -> list[int]:
+    """Step until ``slot`` has sampled ``n`` more tokens; those tokens."""
+    out: list[int] = []
+    for _ in range(n + 8):
+        out += [o.token for o in engine.step() if o.slot == slot]
+        if len(out) >= n:
+            return out[:n]
+    raise AssertionError(f"slot {slot} sampled {len(out)} of {n} tokens")
+
+
+def test_a_paused_sequence_resumes_in_another_slot_where_it_stopped(engine: Engine) -> None:
+    engine.begin(0, PROMPT, GREEDY)
+    unpaused = tokens(engine, 0, 8)
+    engine.release(0, keep_cache=False)
+    engine.begin(0, PROMPT, GREEDY)
+    before = tokens(engine, 0, 3)
+    paused = engine.pause(0)
+    assert engine.step() == []  # nothing runs while it is out
+    engine.begin(0, list(range(100, 120)), GREEDY)  # another sequence overwrites the slot's cells
+    tokens(engine, 0, 2)
+    engine.release(0, keep_cache=False)
+    engine.resume(1, paused)
+    assert before + tokens(engine, 1, 5) == unpaused
+
+
+def test_pause_and_resume_refuse_what_they_cannot_do(engine: Engine) -> None:
+    with pytest.raises(PauseRefusedError):
+        engine.pause(0)  # no sequence there
+    prefill(engine, 0, PROMPT)
+    paused = engine.pause(0)
+    engine.begin(1, PROMPT[:5], GREEDY)
+    with pytest.raises(SlotBusyError):
+        engine.resume(1, paused)
+    engine.resume(0, paused)  # still held after the refusal
+    with pytest.raises(EngineError):
+        engine.resume(0, paused)  # busy now, and resumed already
+    again = engine.pause(0)
+    engine.drop_paused(again)
+    engine.drop_paused(again)  # idempotent
+    with pytest.raises(EngineError):
+        engine.resume(0, again)  # its state is gone

@@ -429,3 +429,18 @@ def test_stored_responses_are_read_from_the_store_at_scrape_time(metrics: Metric
     store.broken = False
     metrics.stored_responses.watch(None)  # the app stopped: no value rather than a stale one
     assert metrics.registry.get_sample_value("llamaserve_responses_stored") is None
+
+
+async def test_preemptions_are_counted(engine: FakeEngine, model: ModelMetrics, metrics: Metrics) -> None:
+    s = Scheduler(engine, max_queue=4, hooks=model, preempt_after=0.02)
+    s.start()
+    try:
+        assert of_model(metrics, "llamaserve_preemptions_total") == 0  # present before the first
+        batch = [s.submit(GenerationRequest(list(b"long"), SamplingParams(), 100_000, priority=10)) for _ in range(2)]
+        await asyncio.gather(*(h.admitted.wait() for h in batch))
+        await finish(s.submit(GenerationRequest(list(b"hi"), SamplingParams(), 5, priority=0)))
+        assert of_model(metrics, "llamaserve_preemptions_total") == 1
+        for h in batch:
+            h.cancel()
+    finally:
+        s.stop()

@@ -86,7 +86,28 @@ def test_ranked_lists_the_order_pop_would_take_and_leaves_the_queue_alone() -> N
         q.push(Item(f"h{i}", key_id="heavy"))
         q.push(Item(f"l{i}", key_id="light"))
     q.push(Item("urgent", key_id="light", priority=-1))
+    q.push_front(Item("paused", key_id="heavy"))  # put back by preemption: first of priority 0
     ranked = [item.name for item in q.ranked()]
-    assert len(q) == 7
+    assert len(q) == 8
     assert ranked == drain(q)
-    assert ranked[0] == "urgent"
+    assert ranked[:2] == ["urgent", "paused"]
+
+
+def test_a_request_put_back_goes_first_in_its_priority_whatever_its_key() -> None:
+    q: WaitQueue[Item] = WaitQueue()
+    for name, key, prio in [("a", "x", 5), ("b", "y", 5), ("hi", "y", 0)]:
+        q.push(Item(name, key_id=key, priority=prio))
+    q.push_front(Item("paused", key_id="z", priority=5))
+    q.push_front(Item("paused-later", key_id="x", priority=5))
+    # Priority still comes first; within priority 5, the put-back ones lead, the latest first.
+    assert drain(q) == ["hi", "paused-later", "paused", "a", "b"]
+
+
+def test_taking_a_put_back_request_does_not_charge_its_key_again() -> None:
+    q: WaitQueue[Item] = WaitQueue()
+    q.push_front(Item("resumed", key_id="a"))
+    for i in range(2):
+        q.push(Item(f"a{i}", key_id="a"))
+        q.push(Item(f"b{i}", key_id="b"))
+    # "a" was charged when "resumed" first left the queue: its turn comes as if it had never come back.
+    assert drain(q) == ["resumed", "a0", "b0", "a1", "b1"]

@@ -19,6 +19,8 @@ which serialises requests):
 * with a prompt cache (``prompt_cache=``), a slot's state is saved to host RAM (and
   disk) before its cells are overwritten, and a later prompt sharing its prefix gets
   it restored instead of recomputed (:mod:`server.engine.llama.prefix_reuse`);
+* a running sequence can be paused (its cells copied to host memory, its sampler kept) and
+  resumed later in any free slot, for preemption (:mod:`server.engine.llama.pausing`);
 * sequences that begin with the very prompt another slot is still prefilling (the
   ``n`` choices of one request) wait for it, then share its cells and sample from
   its last logits, each with its own sampler: the prompt is computed once.
@@ -47,6 +49,8 @@ from server.engine.base import (
     EmptyPromptError,
     EngineError,
     ModelInfo,
+    PausedSequence,
+    PauseRefusedError,
     Pooling,
     PromptTooLongError,
     SamplingParams,
@@ -54,6 +58,7 @@ from server.engine.base import (
     StepOutput,
     TokenOutOfRangeError,
 )
+from server.engine.llama import pausing
 from server.engine.llama.batch import Plan, TokenBatch, plan_step
 from server.engine.llama.context_params import generation_params
 from server.engine.llama.cpu import physical_cores
@@ -109,6 +114,7 @@ class LlamaEngine:
         # How each step's prefill room is shared among pending prompts (see server.engine.prefill).
         self._prefill_policy = PrefillPolicy(fair=fair_prefill, min_chunk=max(1, prefill_min_chunk))
         self._cache: PromptCache | None = None
+        self._paused: set[pausing.Paused] = set()  # held until resumed or dropped; freed on close
         self._watch: WorkerWatch | None = None
         weights = load_weights(
             model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers, tensor_split=tensor_split
@@ -338,6 +344,33 @@ class LlamaEngine:
             for f in rest:
                 f.leader = heir
 
+    def pause(self, slot: int) -> PausedSequence:
+        s = self._slot(slot)
+        if self._closed or not self._ctx:
+            raise PauseRefusedError("the engine has no context")
+        paused = pausing.pause(self._ctx, s, shares_prompt=s.leader is not None or bool(self._followers(s)))
+        self._paused.add(paused)
+        self.release(slot)  # the cells stay, as a finished sequence's do, for prefix reuse
+        return paused
+
+    def resume(self, slot: int, paused: PausedSequence) -> None:
+        s = self._slot(slot)
+        if s.active:
+            raise SlotBusyError(slot)
+        if not isinstance(paused, pausing.Paused) or paused not in self._paused:
+            raise EngineError("not a sequence this engine holds paused")
+        if self._closed or not self._ctx:
+            raise EngineError("the engine has no context")
+        pausing.resume(self._ctx, s, paused, self._cache)
+        self._paused.discard(paused)
+        if s.prefilling:
+            self._prefill_order.append(s)
+
+    def drop_paused(self, paused: PausedSequence) -> None:
+        if isinstance(paused, pausing.Paused) and paused in self._paused:
+            self._paused.discard(paused)
+            pausing.drop(paused)
+
     def reset(self) -> None:
         """Recreate the llama.cpp context (see :meth:`Engine.reset`): model, batch and slot ids stay.
 
@@ -382,6 +415,8 @@ class LlamaEngine:
                 llama_cpp.llama_sampler_free(s.sampler)
                 s.sampler = None
             s.active = False
+        for paused in list(self._paused):
+            self.drop_paused(paused)
         if self._batch is not None:
             self._batch.free()
             self._batch = None

@@ -48,7 +48,7 @@ def reuse_prefix(
     started = time.perf_counter()
     hit = cache.lookup(prompt, limit, better_than=best) if cache and cache.worth_looking(limit - best) else None
     if cache is not None and (own < len(s.kv) or donor or hit) and cache.worth_saving(s.kv):
-        _save(ctx, s, cache)
+        save_to_cache(ctx, s, cache)
     if hit is not None and cache is not None:
         if _restore(ctx, mem, s, hit):
             cache.restored(hit.n_tokens, time.perf_counter() - started)
@@ -77,7 +77,7 @@ def slot_loss(s: Slot, prompt: list[int], cache: PromptCache | None) -> int:
     return lost
 
 
-def _save(ctx: Any, s: Slot, cache: PromptCache) -> None:
+def save_to_cache(ctx: Any, s: Slot, cache: PromptCache) -> None:
     data = save_seq(ctx, s.seq_id)
     if data is None:
         log.debug("llama.cpp gave no state for slot %d; its %d tokens are not cached", s.seq_id, len(s.kv))

@@ -55,6 +55,7 @@ class ModelMetrics:
         self.requests_cancelled = m.requests_cancelled.labels(model_id)
         self.requests_failed = m.requests_failed.labels(model_id)
         self.engine_step_errors = m.engine_step_errors.labels(model_id)
+        self.preemptions = m.preemptions.labels(model_id)
         # The scheduler ends sequences with stop or length; tool calls are found later, in the text.
         # Both present from the start at 0, so rate() and alerts see the first one.
         for finish in (FinishReason.STOP, FinishReason.LENGTH):
@@ -167,6 +168,9 @@ class ModelMetrics:
 
     def token(self, inter_token_seconds: float) -> None:
         self.inter_token_latency.observe(inter_token_seconds)
+
+    def request_preempted(self) -> None:
+        self.preemptions.inc()
 
     def request_finished(
         self, reason: FinishReason, prompt_tokens: int, completion_tokens: int, e2e_seconds: float

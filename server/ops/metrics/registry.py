@@ -143,6 +143,12 @@ class Metrics:
             m,
             registry=r,
         )
+        self.preemptions = Counter(
+            f"{p}_preemptions",
+            "Running sequences paused so that a waiting request of better priority got their slot.",
+            m,
+            registry=r,
+        )
         self.requests_rejected = Counter(
             f"{p}_requests_rejected",
             "Requests refused before generation: queue_full (429), context_overflow and invalid (400).",

@@ -1,0 +1,71 @@
+"""The outbox: a step's events reach the event loop in order, waking it only when no delivery is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from server.engine.base import FinishReason
+from server.runtime.events import FinishEvent, TokenEvent
+from server.runtime.handle import Outbox, RequestHandle
+
+
+def token(i: int) -> TokenEvent:
+    return TokenEvent(i, str(i), b"")
+
+
+def on_engine_thread(fn: Any) -> None:
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()  # blocks the loop meanwhile: it cannot drain until this test awaits
+
+
+async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    real = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakes
+        wakes += 1
+        return real(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        a, b = (RequestHandle(i, loop, lambda _: None) for i in (1, 2))
+        outbox = Outbox()
+        woke: list[int] = []
+
+        def three_steps() -> None:
+            for i in range(3):
+                outbox.push(a, token(i))
+                outbox.push(b, token(10 + i))
+                woke.append(outbox.flush())
+
+        on_engine_thread(three_steps)
+        assert woke == [1, 0, 0] and wakes == 1
+        got = [await asyncio.wait_for(a._queue.get(), 1) for _ in range(3)]
+        assert [e.token for e in got if isinstance(e, TokenEvent)] == [0, 1, 2]
+        assert b._queue.qsize() == 3
+
+        await asyncio.sleep(0.01)  # the loop has drained and looked again: the next step wakes it
+
+        def finish() -> None:
+            outbox.push(a, FinishEvent(FinishReason.STOP, "", 1, 3, 0))
+            woke.append(outbox.flush())
+
+        on_engine_thread(finish)
+        assert woke[-1] == 1 and wakes == 2
+        assert isinstance(await asyncio.wait_for(a._queue.get(), 1), FinishEvent)
+    finally:
+        del loop.call_soon_threadsafe
+
+
+def test_events_for_a_closed_loop_are_dropped() -> None:
+    loop = asyncio.new_event_loop()
+    handle = RequestHandle(1, loop, lambda _: None)
+    loop.close()
+    outbox = Outbox()
+    outbox.push(handle, token(1))
+    assert outbox.flush() == 0
