@@ -5,6 +5,7 @@
 import { getJson, isAbort, postStream, readChunks } from "./api.js";
 import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, undo } from "./completion.js";
 import { chatHistory, exportConversation } from "./conversations.js";
+import { ProbabilityView } from "./probabilities.js";
 import { renderMarkdown } from "./markdown.js";
 import {
   $,
@@ -366,10 +367,11 @@ const completionUi = {
   pollHealth: () => pollHealth(),
   askForKey: (retry) => askForKey(retry),
   generate: () => generate(),
+  probabilities: null, // set in init()
 };
 
-function generate() {
-  return generateCompletion(app, completionUi);
+function generate(opts) {
+  return generateCompletion(app, completionUi, opts);
 }
 
 // ---- API key ------------------------------------------------------------------------------------
@@ -563,8 +565,11 @@ function wire() {
   });
   $("export-json").addEventListener("click", () => exportConversation(current(), "json", app.model.id));
   $("export-md").addEventListener("click", () => exportConversation(current(), "markdown", app.model.id));
-  $("generate").addEventListener("click", generate);
-  $("undo").addEventListener("click", () => undo(app));
+  $("generate").addEventListener("click", () => generate());
+  $("undo").addEventListener("click", () => {
+    undo(app);
+    completionUi.probabilities.restore();
+  });
   const area = $("completion-text");
   area.value = load(COMPLETION_KEY, "");
   area.addEventListener("input", () => store(COMPLETION_KEY, area.value));
@@ -596,6 +601,8 @@ function wire() {
 
 function init() {
   wire();
+  completionUi.probabilities = new ProbabilityView(app, { generate });
+  completionUi.probabilities.wire();
   wireSettings();
   setMode(app.mode);
   renderChat();

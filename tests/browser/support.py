@@ -109,3 +109,19 @@ class DialogWatch:
 
 
 PageFactory = Callable[..., Page]
+
+_CSP_WATCH = (
+    "window.__csp = window.__csp || [];"
+    "document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective));"
+)
+
+
+def watch_csp(page: Page) -> None:
+    """Record the page's Content-Security-Policy violations, now and after any reload."""
+    page.add_init_script(_CSP_WATCH)
+    page.evaluate(_CSP_WATCH)
+
+
+def csp_violations(page: Page) -> list[str]:
+    found: list[str] = page.evaluate("window.__csp || []")
+    return found
