@@ -3,6 +3,7 @@
 // through textContent or renderMarkdown (which escapes everything first).
 
 import { getJson, isAbort, postStream, readChunks } from "./api.js";
+import { fork, newVersion, versionControls } from "./branches.js";
 import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, undo } from "./completion.js";
 import { chatHistory, exportConversation } from "./conversations.js";
 import { ProbabilityView } from "./probabilities.js";
@@ -168,6 +169,8 @@ function messageNode(conv, msg, index) {
   node.append(body);
   if (msg.error) node.append(el("div", { class: "msg-error", testid: "message-error", role: "alert" }, msg.error));
   const meta = el("div", { class: "msg-meta" });
+  const versions = versionControls(conv, index, { disabled: Boolean(app.running), onSwitch: afterSwitch });
+  if (versions) meta.append(versions);
   if (msg.role === "assistant") {
     meta.append(el("span", { class: "stats", testid: "reply-stats" }, formatStats(msg.stats)));
     if (isLast && !app.running) {
@@ -182,6 +185,11 @@ function messageNode(conv, msg, index) {
   }
   node.append(meta);
   return node;
+}
+
+function afterSwitch() {
+  persist();
+  renderMessages();
 }
 
 function renderMessages() {
@@ -228,8 +236,9 @@ function startEdit(node, conv, index) {
   const send = () => {
     const text = area.value.trim();
     if (!text || app.running) return;
-    msg.content = text;
-    conv.messages.splice(index + 1);
+    // The old message and what followed it stay as the previous version.
+    fork(conv, index);
+    conv.messages.push(newVersion(msg, text));
     startReply(conv);
   };
   save.addEventListener("click", send);
@@ -258,7 +267,12 @@ function sendFromComposer() {
 function regenerate() {
   const conv = current();
   if (app.running) return;
-  if (conv.messages.at(-1)?.role === "assistant") conv.messages.pop();
+  const last = conv.messages.at(-1);
+  // A real answer stays as the previous version; a failed or empty one is replaced.
+  if (last?.role === "assistant") {
+    if (last.content) fork(conv, conv.messages.length - 1);
+    else conv.messages.pop();
+  }
   if (conv.messages.at(-1)?.role !== "user") return;
   startReply(conv);
 }
@@ -337,7 +351,7 @@ async function runChat(conv, reply, messages) {
   } else {
     reply.stats = meter.stats(reply.stopped ? "stopped" : reply.stats_note || "");
     delete reply.stats_note;
-    if (meter.usage) conv.usage = meter.usage;
+    if (meter.usage) conv.usage = reply.usage = meter.usage;
   }
   conv.updated = Date.now();
   persist();
