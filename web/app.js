@@ -3,6 +3,7 @@
 // through textContent or renderMarkdown (which escapes everything first).
 
 import { getJson, isAbort, postStream, readChunks } from "./api.js";
+import { Attachments, attachmentsNode } from "./attachments.js";
 import { fork, newVersion, versionControls } from "./branches.js";
 import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, undo } from "./completion.js";
 import { chatHistory, exportConversation } from "./conversations.js";
@@ -44,6 +45,11 @@ const app = {
   undoText: null,
   lastSaved: 0,
 };
+// Text files waiting in the composer for the next message.
+const attachments = new Attachments({
+  context: () => ({ ctx: app.model.ctx, used: current().usage?.total_tokens ?? 0, model: app.model.id }),
+  apiKey: () => app.apiKey,
+});
 
 // ---- conversations ------------------------------------------------------------------------------
 
@@ -167,6 +173,8 @@ function messageNode(conv, msg, index) {
   else if (msg.content) body.innerHTML = renderMarkdown(msg.content);
   else if (!msg.error && !msg.stopped) body.append(el("span", { class: "typing", "aria-label": "waiting" }, "● ● ●"));
   node.append(body);
+  const files = attachmentsNode(msg);
+  if (files) node.append(files);
   if (msg.error) node.append(el("div", { class: "msg-error", testid: "message-error", role: "alert" }, msg.error));
   const meta = el("div", { class: "msg-meta" });
   const versions = versionControls(conv, index, { disabled: Boolean(app.running), onSwitch: afterSwitch });
@@ -256,10 +264,12 @@ function startEdit(node, conv, index) {
 function sendFromComposer() {
   const input = $("chat-input");
   const text = input.value.trim();
-  if (!text || app.running) return;
+  if ((!text && !attachments.pending.length) || app.running) return;
+  const files = attachments.take();
+  if (!files) return; // they no longer fit the context: the page said why
   const conv = current();
-  conv.messages.push({ role: "user", content: text });
-  if (conv.title === "New chat") conv.title = text.replace(/\s+/g, " ").slice(0, 48);
+  conv.messages.push(files.length ? { role: "user", content: text, attachments: files } : { role: "user", content: text });
+  if (conv.title === "New chat") conv.title = (text || files[0].name).replace(/\s+/g, " ").slice(0, 48);
   input.value = "";
   startReply(conv);
 }
@@ -615,6 +625,7 @@ function wire() {
 
 function init() {
   wire();
+  attachments.wire();
   completionUi.probabilities = new ProbabilityView(app, { generate });
   completionUi.probabilities.wire();
   wireSettings();
