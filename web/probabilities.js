@@ -263,6 +263,7 @@ export class ProbabilityView {
     alts.forEach((alt, i) => {
       const button = el("button", { type: "button", class: "alt", testid: "token-alternative", role: "option" });
       button.dataset.band = band(alt.logprob);
+      button.dataset.text = alt.text;
       button.setAttribute("aria-selected", String(alt.text === seg.text));
       const meter = el("span", { class: "alt-meter" });
       const fill = el("span", { class: "alt-fill" });
