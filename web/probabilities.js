@@ -270,7 +270,8 @@ export class ProbabilityView {
       fill.style.width = `${Math.max(1, Math.round(Math.exp(alt.logprob) * 100))}%`; // CSSOM: allowed by the CSP
       meter.append(fill);
       button.append(el("code", {}, visible(alt.text)), meter, el("span", { class: "alt-p" }, percent(alt.logprob)));
-      if (alt.text === "") button.disabled = true; // an end-of-text token: nothing to continue from
+      // An end-of-text token, or part of a character (a UTF-8 fragment), gives no text to continue from.
+      if (alt.text === "" || alt.text.includes("\ufffd")) button.disabled = true;
       button.addEventListener("click", () => this.pick(index, alt));
       button.addEventListener("keydown", (e) => this.onAltKey(e, i));
       node.append(button);

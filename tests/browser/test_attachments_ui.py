@@ -84,10 +84,10 @@ def test_a_dropped_file_is_attached_and_can_be_removed(fake_server: str, open_pa
         " dt.items.add(new File(['city,country\\nParis,France\\n'], 'cities.csv', {type: 'text/csv'})); return dt; }"
     )
     page.dispatch_event("#composer", "dragover", {"dataTransfer": drop})
-    expect(page.locator("#drop-hint")).to_contain_text("Drop a text file")
+    expect(page.get_by_test_id("drop-hint")).to_contain_text("Drop a text file")
     page.dispatch_event("#composer", "drop", {"dataTransfer": drop})
     expect(page.get_by_test_id("attachment")).to_contain_text("cities.csv")
-    expect(page.locator("#drop-hint")).to_be_hidden()
+    expect(page.get_by_test_id("drop-hint")).to_be_hidden()
     # A file alone (no typed text) can be sent.
     with page.expect_request("**/v1/chat/completions") as req:
         page.get_by_test_id("send").click()

@@ -7,7 +7,14 @@ import math
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.support import COMPLETION_CONTINUATION, PHONE, PageFactory, csp_violations, watch_csp
+from tests.browser.support import (
+    COMPLETION_CONTINUATION,
+    DESSERT_CONTINUATION,
+    PHONE,
+    PageFactory,
+    csp_violations,
+    watch_csp,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -141,3 +148,35 @@ def test_probabilities_at_phone_width_in_the_dark(fake_server: str, open_page: P
     page.get_by_test_id("server-status").click()  # a tap elsewhere closes a pinned popover
     expect(popover).to_have_count(0)
     assert csp_violations(page) == []
+
+
+def test_text_held_back_for_a_stop_string_still_splits_into_its_tokens(
+    fake_server: str, open_page: PageFactory
+) -> None:
+    page = open_page(fake_server)
+    page.get_by_test_id("setting-stop").fill("and x")  # " and " waits to see whether the stop follows
+    probabilities_on(page)
+    page.get_by_test_id("completion-text").fill("Four")
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("undo")).to_be_enabled()
+    expect(page.get_by_test_id("completion-tokens")).to_have_text("Four" + COMPLETION_CONTINUATION)
+    texts = page.get_by_test_id("token").all_text_contents()
+    assert texts == list(COMPLETION_CONTINUATION)  # one token each, the held-back ones too
+
+
+def test_a_character_split_over_two_tokens_is_one_piece(fake_server: str, open_page: PageFactory) -> None:
+    page = open_page(fake_server)
+    probabilities_on(page)
+    page.get_by_test_id("completion-text").fill("For dessert:")
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("undo")).to_be_enabled()
+    expect(page.get_by_test_id("completion-tokens")).to_have_text("For dessert:" + DESSERT_CONTINUATION)
+    texts = page.get_by_test_id("token").all_text_contents()
+    assert texts == list(DESSERT_CONTINUATION)  # "è" is one piece, not two broken halves
+    page.get_by_test_id("token").nth(3).hover()  # "è": its alternatives are first bytes, not text
+    alternatives = page.get_by_test_id("token-alternative")
+    expect(alternatives.first).to_be_visible()
+    for i in range(alternatives.count()):
+        expect(alternatives.nth(i)).to_be_disabled()
+    page.get_by_test_id("token").nth(4).hover()  # "m": an ordinary token can be picked
+    expect(page.get_by_test_id("token-alternative").nth(1)).to_be_enabled()
