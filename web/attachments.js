@@ -130,26 +130,26 @@ export class Attachments {
     return data.tokens.length;
   }
 
-  // Why `tokens` more would not fit (null if they would), counting the files already attached.
-  refusal(tokens, name = "The attached files") {
+  // Why `tokens` more would not fit (null if they would), next to the `others` already attached.
+  refusal(tokens, name, others = this.pending) {
     const { ctx, used } = this.context();
     if (!ctx) return null;
-    const taken = used + this.pending.reduce((sum, a) => sum + a.tokens, 0);
-    const left = Math.max(0, ctx - taken);
+    const left = Math.max(0, ctx - used - others.reduce((sum, a) => sum + a.tokens, 0));
     if (tokens < left) return null;
     return `${name} needs ${tokens} tokens, but only ${left} of the context's ${ctx} are left. Start a new chat or attach less.`;
   }
 
-  // The files for the message being sent (and the composer is emptied of them), or null if they no
-  // longer fit (the conversation grew since they were attached).
+  // The files for the message being sent (the composer lets go of them), or null if they no longer
+  // fit: the conversation grew since they were attached.
   take() {
     const files = this.pending;
-    const refusal = files.length ? ((this.pending = []), this.refusal(files.reduce((n, a) => n + a.tokens, 0))) : null;
+    const total = files.reduce((sum, a) => sum + a.tokens, 0);
+    const refusal = files.length ? this.refusal(total, "The attached files", []) : null;
     if (refusal) {
-      this.pending = files;
       showNotice(refusal, "error");
       return null;
     }
+    this.pending = [];
     this.render();
     return files;
   }

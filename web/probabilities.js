@@ -12,6 +12,7 @@ const SEGMENTS_KEY = "llamaserve.completion-tokens.v1";
 const ENABLED_KEY = "llamaserve.show-probabilities.v1";
 const BANDS = [0.1, 0.3, 0.5, 0.8]; // tint steps: <10%, <30%, <50%, <80%, the rest
 const HOVER_CLOSE_MS = 250;
+const SAVE_AFTER_MS = 400;
 const MAX_KEPT_TOKENS = 3000; // older tokens are kept as plain text, so localStorage stays small
 
 export function percent(logprob) {
@@ -66,12 +67,14 @@ export class ProbabilityView {
     this.generate = generate;
     this.topN = TOP_N;
     this.enabled = Boolean(load(ENABLED_KEY, false));
-    this.segments = load(SEGMENTS_KEY, []);
+    const saved = load(SEGMENTS_KEY, []);
+    this.segments = Array.isArray(saved) ? saved.filter((s) => typeof s?.text === "string") : [];
     this.pending = []; // logprob entries whose text the stream has not released yet
     this.undoSnapshot = null; // {text, segments} from before the last generation
     this.editing = false; // the user asked for the text area back
     this.popover = null; // {node, index, pinned}
     this.closeTimer = 0;
+    this.saveTimer = 0;
     this.view = $("completion-tokens");
     this.area = $("completion-text");
   }
@@ -104,6 +107,8 @@ export class ProbabilityView {
     });
     this.view.addEventListener("keydown", (e) => this.onTokenKey(e));
     this.view.addEventListener("scroll", () => this.place());
+    window.addEventListener("resize", () => this.place());
+    window.addEventListener("pagehide", () => this.save()); // typing that had not been saved yet
     document.addEventListener("pointerdown", (e) => {
       if (this.popover?.pinned && !e.target.closest(".tok, .token-popover")) this.close();
     });
@@ -114,16 +119,25 @@ export class ProbabilityView {
 
   sync() {
     this.segments = resync(this.segments, this.area.value);
-    this.save();
+    this.saveSoon();
     this.render();
   }
 
+  // Kept up to the last token: the text after it is the text area's, stored already.
   save() {
+    clearTimeout(this.saveTimer);
     let extra = this.segments.filter(isToken).length - MAX_KEPT_TOKENS;
     if (extra > 0) {
       this.segments = this.segments.map((s) => (isToken(s) && extra-- > 0 ? { text: s.text } : s));
     }
-    store(SEGMENTS_KEY, this.segments);
+    const last = this.segments.findLastIndex(isToken);
+    store(SEGMENTS_KEY, this.segments.slice(0, last + 1));
+  }
+
+  // Typing saves once it pauses, not on every key.
+  saveSoon() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = setTimeout(() => this.save(), SAVE_AFTER_MS);
   }
 
   // A generation starts from `text` (the whole prompt). `keepUndo`: the caller saved its own undo.
@@ -176,9 +190,10 @@ export class ProbabilityView {
   restore() {
     const snap = this.undoSnapshot;
     this.undoSnapshot = null;
-    this.segments = snap && snap.text === this.area.value ? snap.segments : this.segments;
+    this.segments = resync(snap && snap.text === this.area.value ? snap.segments : this.segments, this.area.value);
     this.close();
-    this.sync();
+    this.save();
+    this.render();
   }
 
   // Replace token `index` by an alternative, drop what followed, and continue from there.
@@ -186,6 +201,7 @@ export class ProbabilityView {
     const seg = this.segments[index];
     if (!seg || !isToken(seg)) return;
     if (this.app.running) {
+      if (this.app.running.kind !== "completion") return; // a chat reply is streaming: leave it be
       this.app.running.controller.abort();
       while (this.app.running) await new Promise((r) => setTimeout(r, 20));
     }
