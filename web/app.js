@@ -7,8 +7,8 @@ import { Attachments, attachmentsNode } from "./attachments.js";
 import { fork, newVersion, versionControls } from "./branches.js";
 import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, undo } from "./completion.js";
 import { chatHistory, exportConversation } from "./conversations.js";
-import { ProbabilityView } from "./probabilities.js";
 import { renderMarkdown } from "./markdown.js";
+import { ProbabilityView } from "./probabilities.js";
 import {
   $,
   el,

@@ -342,6 +342,11 @@ export class ProbabilityView {
   // ---- keyboard -------------------------------------------------------------------------------
 
   onTokenKey(e) {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      this.generate(); // Ctrl+Enter continues the text, as in the text area
+      return;
+    }
     const tok = e.target.closest(".tok");
     if (!tok) return;
     const tokens = [...this.view.querySelectorAll(".tok")];

@@ -110,6 +110,11 @@ def test_alternatives_by_keyboard(fake_server: str, open_page: PageFactory) -> N
     with page.expect_request("**/v1/completions") as req:
         page.keyboard.press("Enter")
     assert req.value.post_data_json["prompt"] == "Four sd"  # "c" + 1 is "d"
+    expect(page.get_by_test_id("undo")).to_be_enabled()
+    page.get_by_test_id("token").first.focus()
+    with page.expect_request("**/v1/completions") as req:
+        page.keyboard.press("Control+Enter")  # continues the whole text, as in the text area
+    assert req.value.post_data_json["prompt"] == "Four sd" + COMPLETION_CONTINUATION
 
 
 def test_tokens_stream_and_can_be_inspected_mid_generation(fake_server: str, open_page: PageFactory) -> None:
