@@ -54,7 +54,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
-    && useradd --system --uid 10001 --create-home --home-dir /home/llamaserve llamaserve
+    && useradd --system --uid 10001 --create-home --home-dir /home/llamaserve llamaserve \
+    && install -d -o llamaserve -g llamaserve -m 0700 /var/lib/llamaserve
 
 # The wheels come in through a bind mount from the builder: no layer of this image keeps a copy.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
@@ -83,14 +84,16 @@ RUN --mount=type=bind,source=docker/models,target=/context-models \
 # The lowest-precedence layer: flags and LLAMASERVE_* variables given to `docker run` still win.
 # PYTHONPATH: `python -m server` finds the source wherever the working directory is set.
 # PYTHONDONTWRITEBYTECODE: the root filesystem may be read-only (--read-only, Kubernetes).
+# LLAMASERVE_STATE_DIR: stored responses on a volume, writable under a read-only root filesystem.
 ENV LLAMASERVE_CONFIG=/app/container.toml \
+    LLAMASERVE_STATE_DIR=/var/lib/llamaserve \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
 USER 10001
 EXPOSE 8080
-VOLUME ["/models"]
+VOLUME ["/models", "/var/lib/llamaserve"]
 
 # /health is readiness and public even with API keys; it answers 503 while loading or draining, and
 # urlopen raises on any status >= 400. (An rpc-worker container has no HTTP port: give it --no-healthcheck.)

@@ -21,7 +21,9 @@ renders itself in OpenAI's shape (:meth:`~LlamaserveError.to_dict`) or Anthropic
 Subclasses that live beside what raises them: ``InvalidSchemaError`` (400, under
 ``InvalidRequestError``) in :mod:`server.prompting.grammar`; ``ConfigError`` in
 :mod:`server.settings`, ``ChatTemplateError`` in :mod:`server.prompting.chat_template` and
-``ModelFileError`` in :mod:`server.engine.llama.model_files`, which the CLI reports at start-up.
+``ModelFileError`` in :mod:`server.engine.llama.model_files`, which the CLI reports at start-up;
+``StateStoreError`` (500; exit 2 at start-up) and ``UnknownItemError`` (400, under
+``InvalidRequestError``) in :mod:`server.state`.
 """
 
 from __future__ import annotations

@@ -146,6 +146,18 @@ class Settings(BaseSettings):
     chat_template: str | None = Field(
         default=None, description="chat template: a name or a Jinja file (default: the GGUF's own)"
     )
+    # ---- stored state (server/state/) ----
+    state_dir: str | None = Field(
+        default=None,
+        description="directory of the database of stored responses (Responses API); ':memory:' keeps them "
+        "in memory only (default: $XDG_DATA_HOME/llamaserve, else ~/.local/share/llamaserve)",
+    )
+    responses_max_age: float = Field(
+        default=30.0, ge=0, description="days a stored response is kept (0 = until the byte bound evicts it)"
+    )
+    responses_max_bytes: int = Field(
+        default=2**30, ge=0, description="bytes of stored responses kept; the oldest go first (0 = no bound)"
+    )
     api_keys: list[str] = Field(default_factory=list, description="accepted API keys (empty = no auth)")
     api_key_file: str | None = Field(default=None, description="file of accepted API keys, one per line")
     keys: list[KeyConfig] = Field(

@@ -113,7 +113,8 @@ export async function postStream(path, body, { apiKey = "", signal, onWait = () 
   }
 }
 
-// Yields {event, data} for each Server-Sent Event of a fetch response body.
+// Yields {event, data} for each Server-Sent Event of a fetch response body, and
+// {event: "comment", data} for comment lines (keep-alive pings, our progress reports).
 export async function* readSse(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -137,7 +138,8 @@ export async function* readSse(response) {
         let event = "message";
         const data = [];
         for (const line of raw.split("\n")) {
-          if (!line || line.startsWith(":")) continue; // comments are keep-alive pings
+          if (line.startsWith(":")) yield { event: "comment", data: line.slice(1).trimStart() };
+          if (!line || line.startsWith(":")) continue;
           const colon = line.indexOf(":");
           const field = colon < 0 ? line : line.slice(0, colon);
           let value = colon < 0 ? "" : line.slice(colon + 1);
@@ -154,8 +156,13 @@ export async function* readSse(response) {
 }
 
 // Yields parsed chunks of an OpenAI stream; an `event: error` becomes a thrown ApiError.
-export async function* readChunks(response) {
+// onComment(text) hears each SSE comment (see progress.js).
+export async function* readChunks(response, { onComment = () => {} } = {}) {
   for await (const { event, data } of readSse(response)) {
+    if (event === "comment") {
+      onComment(data);
+      continue;
+    }
     if (data === "[DONE]") return;
     let parsed;
     try {

@@ -9,6 +9,7 @@ import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, 
 import { chatHistory, exportConversation } from "./conversations.js";
 import { renderMarkdown } from "./markdown.js";
 import { ProbabilityView } from "./probabilities.js";
+import { PROGRESS_OPTION, PromptProgress } from "./progress.js";
 import {
   $,
   el,
@@ -307,6 +308,8 @@ async function runChat(conv, reply, messages) {
   const node = box.lastElementChild;
   const body = node.querySelector(".msg-body");
   const stats = node.querySelector(".stats");
+  const progress = new PromptProgress();
+  body.before(progress.node);
   const meter = new Meter();
   let frame = 0;
   const paint = () => {
@@ -317,7 +320,12 @@ async function runChat(conv, reply, messages) {
     if (stick) box.scrollTop = box.scrollHeight;
     if (performance.now() - app.lastSaved > 1000) persist(); // a reload mid-reply keeps most of it
   };
-  const request = { ...samplingBody(app.settings, app.model.id), messages, stream: true, stream_options: { include_usage: true } };
+  const request = {
+    ...samplingBody(app.settings, app.model.id),
+    messages,
+    stream: true,
+    stream_options: { include_usage: true, ...PROGRESS_OPTION },
+  };
   if (app.settings.json) request.response_format = { type: "json_object" };
   let askKey = false;
   try {
@@ -328,9 +336,10 @@ async function runChat(conv, reply, messages) {
     });
     hideNotice();
     pollHealth();
-    for await (const chunk of readChunks(response)) {
+    for await (const chunk of readChunks(response, { onComment: progress.onComment })) {
       const choice = chunk.choices?.[0];
       if (choice?.delta?.content) {
+        progress.finish();
         meter.piece();
         reply.content += choice.delta.content;
         if (!frame) frame = requestAnimationFrame(paint);
@@ -351,6 +360,7 @@ async function runChat(conv, reply, messages) {
     }
   } finally {
     if (frame) cancelAnimationFrame(frame);
+    progress.finish();
     app.running = null;
     setRunning(false);
     pollHealth();

@@ -1,6 +1,7 @@
 // Completion mode: the model continues the text area's text in place (POST /v1/completions).
 
 import { isAbort, postStream, readChunks } from "./api.js";
+import { PROGRESS_OPTION, PromptProgress } from "./progress.js";
 import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, waitNotices } from "./util.js";
 
 // OpenAI's legacy default is 16 tokens, too short to be useful here.
@@ -31,13 +32,15 @@ export async function generate(app, ui, { undoText } = {}) {
     ...samplingBody(app.settings, app.model.id),
     prompt: before,
     stream: true,
-    stream_options: { include_usage: true },
+    stream_options: { include_usage: true, ...PROGRESS_OPTION },
   };
   request.max_tokens ??= COMPLETION_MAX_TOKENS;
   if (probs) request.logprobs = probs.topN;
   probs?.begin(before, undoText !== undefined);
   let note = "";
   let askKey = false;
+  const progress = new PromptProgress();
+  area.after(progress.node);
   try {
     const response = await postStream("/v1/completions", request, {
       apiKey: app.apiKey,
@@ -45,9 +48,10 @@ export async function generate(app, ui, { undoText } = {}) {
       onWait: waitNotices(meter),
     });
     hideNotice();
-    for await (const chunk of readChunks(response)) {
+    for await (const chunk of readChunks(response, { onComment: progress.onComment })) {
       const choice = chunk.choices?.[0];
       if (choice?.text) {
+        progress.finish();
         meter.piece();
         const stick = area.scrollHeight - area.scrollTop - area.clientHeight < 80;
         area.value += choice.text;
@@ -68,6 +72,7 @@ export async function generate(app, ui, { undoText } = {}) {
       showNotice(err.message, "error");
     }
   } finally {
+    progress.node.remove();
     app.running = null;
     ui.setRunning(false);
     ui.pollHealth();

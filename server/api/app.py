@@ -2,7 +2,8 @@
 
 Every model, one or several, is served through one :class:`~server.services.registry.ModelRegistry`:
 the lifespan starts it (loading off the event loop, so ``/health`` answers 503 meanwhile) and
-closes it, which stops every scheduler and frees every engine the app owns.
+closes it, which stops every scheduler and frees every engine the app owns. The lifespan also
+opens the response store (``app.state.llamaserve.responses``) and closes it last.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from server.api.routes import templates as template_routes
 from server.api.routes import tokens as token_routes
 from server.api.security import SecurityMiddleware, key_id, ui_public_paths
 from server.api.state import AppState, AppStatus
-from server.api.web import WEB_DIR, WebFiles
+from server.api.web import PAGES, WEB_DIR, WebFiles, page
 from server.engine.base import Engine
 from server.ops.metrics import Metrics
 from server.runtime.scheduler import Scheduler
@@ -35,6 +36,7 @@ from server.services.limits import RequestLimits
 from server.services.model import LoadedModel
 from server.services.registry import ModelRegistry
 from server.settings import Settings
+from server.state import open_response_store
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,9 @@ def create_app(
         # Each run of the app (tests run one app several times) serves from a fresh registry.
         state.registry = _registry(settings, source, metrics)
         state.status, state.load_error = AppStatus.LOADING, None
+        # Opened per run, like the registry: a restart of the app rereads the file (and :memory: starts empty).
+        state.responses = await asyncio.to_thread(open_response_store, settings)
+        metrics.stored_responses.watch(state.responses)
         loader = asyncio.create_task(_start(state))
         if engine is not None:
             await loader  # nothing to load: serve from the first request on
@@ -125,6 +130,8 @@ def create_app(
             state.status = AppStatus.DRAINING
             loader.cancel()
             await state.registry.close()
+            metrics.stored_responses.watch(None)
+            state.responses.close()
 
     app = FastAPI(title="llamaserve", version=__version__, lifespan=lifespan)
     app.state.llamaserve = state
@@ -134,7 +141,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         render_error=render_error,
         # The UI's own files stay public; /metrics too when asked (a scraper with no key).
-        public_paths=ui_public_paths(WEB_DIR) | ({"/metrics"} if settings.metrics_public else set()),
+        public_paths=ui_public_paths(WEB_DIR) | set(PAGES) | ({"/metrics"} if settings.metrics_public else set()),
         key_priorities={key_id(k.key): k.priority for k in settings.keys},
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
@@ -148,6 +155,8 @@ def create_app(
         app.include_router(at_root(routes.router))  # /chat/completions as /v1/chat/completions
     # Mounted last: every API route above wins over a file of the same name.
     if WEB_DIR.is_dir():
+        for path in PAGES:
+            app.add_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
         app.mount("/", WebFiles(directory=WEB_DIR, html=True), name="web")
     else:
         # A wheel install carries server/ only; the API still works, so say why "/" is a 404.

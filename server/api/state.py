@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from server.ops.metrics import Metrics
 from server.services.registry import ModelRegistry
 from server.settings import Settings
+from server.state import ResponseStore
 
 
 class AppStatus(enum.StrEnum):
@@ -26,3 +27,4 @@ class AppState:
     status: AppStatus = AppStatus.LOADING
     load_error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)  # per app, so tests can build many
+    responses: ResponseStore | None = None  # stored responses (Responses API): open while the app runs

@@ -23,7 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from server.api.error_handlers import ANTHROPIC_PREFIXES, error_body
 from server.errors import LlamaserveError
-from server.services.pipeline import Chunk, Generation
+from server.services.pipeline import Generation, StreamComment, StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ KEEPALIVE_SECONDS = 10
 DISCONNECT_POLL_SECONDS = 0.05
 
 T = TypeVar("T")
-Framing = Callable[[AsyncIterator[Chunk]], AsyncIterator[dict[str, str]]]
+Framing = Callable[[AsyncIterator[StreamItem]], AsyncIterator[dict[str, str]]]
 
 
 async def respond(
@@ -74,7 +74,7 @@ def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-async def _until_error(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk | LlamaserveError]:
+async def _until_error(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem | LlamaserveError]:
     """The chunks, then the error that ended them, if one did (the headers are gone by then)."""
     try:
         async for chunk in chunks:
@@ -86,8 +86,11 @@ async def _until_error(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk | Ll
         yield LlamaserveError("The server had an internal error.")
 
 
-async def openai_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+async def openai_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
     async for item in _until_error(chunks):
+        if isinstance(item, StreamComment):  # our include_progress extension: clients skip comments
+            yield {"comment": item.text}
+            continue
         if isinstance(item, LlamaserveError):
             # The openai SDK raises APIError for a data line with an "error" key; then the stream closes.
             yield {"event": "error", "data": json.dumps(error_body(item, "/v1"))}
@@ -96,9 +99,11 @@ async def openai_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str,
     yield {"data": "[DONE]"}
 
 
-async def anthropic_events(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, str]]:
+async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
     """Each chunk is one event whose ``type`` names it; the anthropic SDK skips unnamed events."""
     async for item in _until_error(chunks):
+        if isinstance(item, StreamComment):  # never made for Messages, which has no include_progress
+            continue
         if isinstance(item, LlamaserveError):
             yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIXES[0]))}
             return

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
 from starlette.routing import Match
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+# Pages served at a path of their own (public, like the files: the page asks for the key it needs).
+PAGES = {"/dashboard": "dashboard.html"}
 
 # The UI has no inline script or style and talks only to this server, so the policy can be strict:
 # even markup that slipped past the Markdown renderer's escaping could not run or load anything.
@@ -38,3 +41,8 @@ class WebFiles(StaticFiles):
         response = await super().get_response(path, scope)
         response.headers.update(WEB_HEADERS)
         return response
+
+
+async def page(request: Request) -> Response:
+    """A page of :data:`PAGES` (``/dashboard``), with the same headers as every file of the UI."""
+    return FileResponse(WEB_DIR / PAGES[request.url.path], headers=WEB_HEADERS)

@@ -3,7 +3,7 @@
 Flags are generated from the fields of :class:`~server.settings.Settings` (and of
 :class:`~server.prompt_mode.PromptOptions` for ``-p``), so every setting has a flag whose
 ``--help`` line shows its default. Before anything is allocated, :func:`preflight` checks
-each model file, the context size, the memory the KV cache will need and the port, so
+each model file, the context size, the memory the KV cache will need, the state directory and the port, so
 bad configuration ends in one paragraph on stderr and exit code 2, never a traceback.
 """
 
@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 
 from server import __version__
 from server.api.security import check_exposure
-from server.cli.preflight import EXIT_BAD_CONFIG, bind_socket, preflight, rpc_built_in
+from server.cli.preflight import EXIT_BAD_CONFIG, bind_socket, check_state, preflight, rpc_built_in
 from server.cli.prompt import PromptOptions
 from server.engine.base import EngineError
 from server.engine.llama.model_files import format_bytes
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail("-n, --temp, --seed and --chat apply to a one-shot completion: add -p TEXT.")
         check_exposure(settings)  # no open, keyless server by accident
         settings, checked = preflight(settings)
+        state_file = check_state(settings)  # the server's alone: -p keeps no state
         sock = bind_socket(settings.host, settings.port)
     except LlamaserveError as exc:
         return _fail(exc.message)
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "model %s: %s, %d slots x %d context tokens, KV cache about %s",
             s.alias, s.model, s.parallel, s.ctx_size, format_bytes(c.kv_bytes),
         )  # fmt: skip
+    log.info("stored responses: %s", state_file or "in memory, lost at exit (--state-dir :memory:)")
     try:
         serve(settings, sock)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Checks before anything is allocated: every model file, its context, the KV cache's memory, RPC
-workers and the port, so bad configuration ends in one paragraph and exit code 2, never a traceback."""
+workers, the state directory and the port, so bad configuration ends in one paragraph and exit code 2,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from server.engine.llama.model_files import (
     resolve_model_path,
 )
 from server.settings import ConfigError, Settings
+from server.state import open_response_store
 
 log = logging.getLogger("server")
 
@@ -187,3 +189,12 @@ def check_rpc(settings: Settings) -> None:
                 )
             log.info("waiting for the RPC worker %s (%s)", endpoint, why)
             time.sleep(RPC_WAIT_POLL_SECONDS)
+
+
+def check_state(settings: Settings) -> Path | None:
+    """Open the response store once, so a corrupt or unwritable ``--state-dir`` stops the start
+    (StateStoreError, exit 2) before a model loads; the app opens it again when it starts.
+    Returns the database file (None: in memory)."""
+    store = open_response_store(settings)
+    store.close()
+    return store.path

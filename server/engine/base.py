@@ -244,6 +244,14 @@ class Engine(Protocol):
         """KV cells in use, for the kv-cache usage gauge."""
         ...
 
+    def prefill_progress(self, slot: int) -> int:
+        """How many of the running sequence's prompt tokens are in its cells, reused ones included.
+
+        The prompt's length once its prefill is done; 0 for an idle slot. The scheduler reads it
+        after each step, only for requests that asked for prompt progress.
+        """
+        ...
+
     def release(self, slot: int, *, keep_cache: bool = True) -> None:
         """End the slot's sequence. With ``keep_cache`` its tokens stay for prefix reuse."""
         ...

@@ -70,6 +70,7 @@ def _default_reply(prompt: str) -> str:
 class _Slot:
     cache: list[int] = field(default_factory=list)  # tokens whose "KV cells" are held
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet prefilled
+    prompt_len: int = 0
     script: bytes = b""
     produced: int = 0
     next_token: int | None = None  # sampled, not yet fed back: it holds no cell yet
@@ -169,6 +170,7 @@ class FakeEngine:
         reused = self.cached_prefix_len(slot, prompt)
         s.cache = list(prompt[:reused])
         s.pending = list(prompt[reused:])
+        s.prompt_len = len(prompt)
         text = bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace")
         s.script = self._reply(text).encode("utf-8")
         s.produced = 0
@@ -228,6 +230,10 @@ class FakeEngine:
 
     def n_cached_cells(self) -> int:
         return sum(len(s.cache) for s in self._slots)
+
+    def prefill_progress(self, slot: int) -> int:
+        s = self._slots[slot]
+        return s.prompt_len - len(s.pending) if s.active else 0
 
     def release(self, slot: int, *, keep_cache: bool = True) -> None:
         s = self._slots[slot]

@@ -78,6 +78,10 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
+    # Our extension (server/protocol/progress.py): SSE comment lines, which OpenAI clients skip.
+    include_progress: bool | None = Field(
+        default=None, description="send ': queued' and ': progress' SSE comments while the prompt waits and prefills"
+    )
 
 
 class ResponseFormatText(BaseModel):

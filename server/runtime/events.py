@@ -1,7 +1,9 @@
 r"""What flows between the services and the scheduler: requests in, events out, and the hooks metrics use.
 
 A :class:`GenerationRequest` is one sequence (one choice); the scheduler answers it with
-:class:`TokenEvent`\ s and then exactly one :class:`FinishEvent` or :class:`ErrorEvent`.
+:class:`TokenEvent`\ s and then exactly one :class:`FinishEvent` or :class:`ErrorEvent`. A request
+that asks for ``progress`` also gets a :class:`QueuedEvent` whenever its place in the wait queue
+changes and a :class:`PrefillEvent` per prefill chunk of its prompt, before its first token.
 An :class:`ErrorEvent` carries the exception as raised: an engine error (the service maps
 it to the API's error), or one of the scheduler's own refusals from :mod:`server.errors`.
 """
@@ -24,6 +26,7 @@ class GenerationRequest:
     request_id: str = ""
     priority: int = 0  # lower is sooner; ties go by arrival
     key_id: str = ""  # the API key's short id, for fair share between keys ("" = no key)
+    progress: bool = False  # send QueuedEvent / PrefillEvent (stream_options.include_progress)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,29 @@ class ErrorEvent:
     error: Exception
 
 
-Event = TokenEvent | FinishEvent | ErrorEvent
+@dataclass(frozen=True)
+class QueuedEvent:
+    """The request waits for a slot; ``position`` 1 takes the next one that frees."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class PrefillEvent:
+    """How far the prompt's prefill is: ``processed`` of ``total`` tokens are in the slot's cells.
+
+    ``processed`` counts the ``cached`` (reused) tokens too; it reaches ``total`` with the chunk
+    that also samples the first token.
+    """
+
+    total: int
+    cached: int
+    processed: int
+    seconds: float  # since the request took its slot
+
+
+ProgressEvent = QueuedEvent | PrefillEvent
+Event = TokenEvent | FinishEvent | ErrorEvent | QueuedEvent | PrefillEvent
 
 
 class SchedulerHooks(Protocol):

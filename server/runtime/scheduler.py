@@ -29,6 +29,8 @@ from server.runtime.events import (
     FinishEvent,
     GenerationRequest,
     NoHooks,
+    PrefillEvent,
+    QueuedEvent,
     SchedulerHooks,
     TokenEvent,
 )
@@ -53,6 +55,7 @@ class _Sequence:
     started_at: float = 0.0
     last_token_at: float = 0.0
     first_token_at: float | None = None
+    reported: int = 0  # progress requests: the queue position or prefilled count last sent
 
     @property
     def priority(self) -> int:
@@ -71,6 +74,10 @@ class _Shared:
     cancelled: set[int] = field(default_factory=set)
     running: bool = True
     accepting: bool = True
+    # Queue positions are worked out only while a request that asked for them waits, and only
+    # when the queue changed (a submit, an admission, a cancel): never on the normal path.
+    report_positions: bool = False
+    queue_changed: bool = False
 
 
 class Scheduler:
@@ -96,6 +103,7 @@ class Scheduler:
         self._outbox = Outbox()  # engine thread only
         self._ids = itertools.count(1)
         self._active: dict[int, _Sequence] = {}  # slot -> sequence; engine thread only
+        self._prefilling: dict[int, _Sequence] = {}  # slot -> a progress request still prefilling; engine thread
         self._slot_last_used = [0.0] * self.n_slots
         self._avg_request_seconds = 2.0
         self._busy = 0  # slots busy, read by the asyncio side for admission decisions
@@ -164,6 +172,9 @@ class Scheduler:
             handle = RequestHandle(next(self._ids), loop, self._cancel)
             seq = _Sequence(request, handle, time.monotonic(), TextStream(request.stop))
             self._shared.waiting.push(seq)
+            self._shared.queue_changed = True
+            if request.progress:
+                self._shared.report_positions = True
             self.hooks.request_queued()
             self._cond.notify()
         return handle
@@ -191,6 +202,9 @@ class Scheduler:
                 cancelled, self._shared.cancelled = self._shared.cancelled, set()
                 self._drop_cancelled_waiting(cancelled)
                 admitted = self._take_admissions()
+                if self._shared.report_positions and (admitted or cancelled or self._shared.queue_changed):
+                    self._report_positions()
+                self._shared.queue_changed = False
             try:
                 self._release_cancelled(cancelled)
                 for seq in admitted:
@@ -250,6 +264,7 @@ class Scheduler:
                 self._finish(seq, FinishReason.ERROR, notify=False)
         with self._cond:
             overdue = self._shared.waiting.remove_if(lambda s: now - s.submitted_at > limit)
+            self._shared.queue_changed |= bool(overdue)
         for seq in overdue:
             log.warning("request %s passed the %g s request timeout while queued", seq.request.request_id, limit)
             self._outbox.push(seq.handle, ErrorEvent(RequestTimeoutError(limit)))
@@ -261,6 +276,32 @@ class Scheduler:
             return
         for seq in self._shared.waiting.remove_if(lambda s: s.handle.seq_id in cancelled):
             self.hooks.request_finished(FinishReason.CANCELLED, len(seq.request.prompt_tokens), 0, 0.0)
+
+    def _report_positions(self) -> None:
+        """Tell each waiting progress request its place in the queue, when it changed (lock held)."""
+        wanted = False
+        for position, seq in enumerate(self._shared.waiting.ranked(), start=1):
+            if seq.request.progress:
+                wanted = True
+                if seq.reported != position:
+                    seq.reported = position
+                    self._outbox.push(seq.handle, QueuedEvent(position))
+        self._shared.report_positions = wanted
+
+    def _report_prefill(self, now: float) -> None:
+        """A PrefillEvent for each progress request whose prompt advanced in this step."""
+        for slot, seq in list(self._prefilling.items()):
+            if self._active.get(slot) is not seq:  # it finished (cancelled, failed) meanwhile
+                del self._prefilling[slot]
+                continue
+            done = self.engine.prefill_progress(slot)
+            total = len(seq.request.prompt_tokens)
+            if done != seq.reported:
+                seq.reported = done
+                event = PrefillEvent(total, min(seq.cached, done), done, now - seq.started_at)
+                self._outbox.push(seq.handle, event)
+            if done >= total:
+                del self._prefilling[slot]
 
     def _take_admissions(self) -> list[_Sequence]:
         free = [s for s in range(self.n_slots) if s not in self._active]
@@ -301,6 +342,10 @@ class Scheduler:
             self._outbox.push(seq.handle, ErrorEvent(exc if isinstance(exc, EngineError) else EngineError(str(exc))))
             return
         self._outbox.admitted(seq.handle)
+        if seq.request.progress:
+            self._prefilling[seq.slot] = seq
+            seq.reported = -1
+            self._report_prefill(now)  # where it starts: the reused prefix
         self.hooks.request_started(
             now - seq.submitted_at, len(seq.request.prompt_tokens), seq.cached, seq.request.priority
         )
@@ -321,6 +366,8 @@ class Scheduler:
             self._reset_engine()
             return True
         now = time.monotonic()
+        if self._prefilling:  # before the tokens: the last chunk's progress precedes the first token
+            self._report_prefill(now)
         for out in outputs:
             target = self._active.get(out.slot)
             if target is not None:

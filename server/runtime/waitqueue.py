@@ -98,6 +98,24 @@ class WaitQueue(Generic[T]):
         self._len -= 1
         return item
 
+    def ranked(self) -> list[T]:
+        """Every waiting item in the order :meth:`pop` would take them if nothing else arrived.
+
+        For queue positions: it replays the pops on copies, O(n log n), the queue is untouched.
+        """
+        heaps = {key: sorted(k.heap, key=lambda e: e[:2]) for key, k in self._keys.items() if k.heap}
+        passes = {key: self._keys[key].pass_ for key in heaps}
+        heads = dict.fromkeys(heaps, 0)
+        out: list[T] = []
+        while heaps:
+            key = min(heaps, key=lambda k: (heaps[k][heads[k]][0], passes[k], heaps[k][heads[k]][1]))
+            out.append(heaps[key][heads[key]][2])
+            heads[key] += 1
+            passes[key] += 1.0 / self._keys[key].weight
+            if heads[key] == len(heaps[key]):
+                del heaps[key]
+        return out
+
     def remove_if(self, predicate: Callable[[T], bool]) -> list[T]:
         """Take out every item ``predicate`` holds for (cancelled, timed out); return them."""
         removed: list[T] = []

@@ -37,9 +37,20 @@ from server.protocol import (
     TopLogprob,
     Usage,
 )
-from server.runtime.events import FinishEvent, TokenEvent
+from server.runtime.events import FinishEvent, PrefillEvent, QueuedEvent, TokenEvent
 from server.services.limits import check_chat_request, refuse_unsupported
-from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration, Submitted
+from server.services.pipeline import (
+    ANONYMOUS,
+    Caller,
+    ChoiceText,
+    Chunk,
+    Pipeline,
+    PreparedGeneration,
+    StreamItem,
+    Submitted,
+    progress_comment,
+    wants_progress,
+)
 from server.services.reasoning import (
     ReasoningSplitter,
     opens_thinking,
@@ -175,6 +186,7 @@ class ChatService:
             grammar=grammar,
             grammar_param=grammar_param,
             caller=caller,
+            progress=wants_progress(req),
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         # A grammar writes the reply's shape itself: nothing in it is thinking.
@@ -313,7 +325,7 @@ class ChatGeneration(Submitted[PreparedChat]):
             ch["delta"] = choice.delta.model_dump(exclude_none=True)
         return c
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    async def chunks(self) -> AsyncIterator[StreamItem]:
         """Chunk dicts ready for JSON; errors after the start are raised to the route."""
         p, created = self.prepared, self._pipeline.now()
         n = p.generation.n_choices
@@ -322,7 +334,10 @@ class ChatGeneration(Submitted[PreparedChat]):
         for i in range(n):
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         finishes: list[FinishEvent | None] = [None] * n
-        async for i, ev in self._pipeline.events(p.generation, self._handles):
+        async for i, ev in self._pipeline.stream_events(p.generation, self._handles):
+            if isinstance(ev, QueuedEvent | PrefillEvent):
+                yield progress_comment(i, ev)
+                continue
             splitter = splitters[i]
             if isinstance(ev, TokenEvent):
                 deltas = _split_push(splitter, streamers[i], ev.text)

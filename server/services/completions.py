@@ -20,9 +20,20 @@ from server.protocol import (
     CompletionRequest,
     Usage,
 )
-from server.runtime.events import FinishEvent, TokenEvent
+from server.runtime.events import FinishEvent, PrefillEvent, QueuedEvent, TokenEvent
 from server.services.limits import check_generation_fields, refuse_unsupported
-from server.services.pipeline import ANONYMOUS, Caller, ChoiceText, Chunk, Pipeline, PreparedGeneration, Submitted
+from server.services.pipeline import (
+    ANONYMOUS,
+    Caller,
+    ChoiceText,
+    Chunk,
+    Pipeline,
+    PreparedGeneration,
+    StreamItem,
+    Submitted,
+    progress_comment,
+    wants_progress,
+)
 from server.services.sampling import check_token_ids, request_grammar
 
 _REASONS = {
@@ -99,6 +110,7 @@ class CompletionService:
             grammar=grammar,
             grammar_param=grammar_param,
             caller=caller,
+            progress=wants_progress(req),
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return PreparedCompletion(generation, echo_texts, bool(req.echo), req.logprobs, bool(req.stream), include_usage)
@@ -157,7 +169,7 @@ class CompletionGeneration(Submitted[PreparedCompletion]):
             usage=pipe.usage(p.generation, [c.finish for c in choices]),
         )
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    async def chunks(self) -> AsyncIterator[StreamItem]:
         """Chunk dicts (the same shape as a full response); errors are raised to the route."""
         p, pipe = self.prepared, self._pipeline
         created = pipe.now()
@@ -175,7 +187,10 @@ class CompletionGeneration(Submitted[PreparedCompletion]):
             for i in range(len(choices)):
                 yield chunk([CompletionChoice(text="", index=i, finish_reason="length")])
         else:
-            async for i, ev in pipe.events(p.generation, self._handles):
+            async for i, ev in pipe.stream_events(p.generation, self._handles):
+                if isinstance(ev, QueuedEvent | PrefillEvent):
+                    yield progress_comment(i, ev)
+                    continue
                 c = choices[i]
                 if isinstance(ev, TokenEvent):
                     lp = None

@@ -15,10 +15,12 @@ prepared requests with it and turn its events into their own wire shapes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -40,7 +42,17 @@ from server.errors import (
     LlamaserveError,
 )
 from server.protocol import LOGGED_FIELDS, PromptTokensDetails, SamplingFields, Usage
-from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from server.protocol.progress import PromptProgress, QueuePosition
+from server.runtime.events import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    PrefillEvent,
+    ProgressEvent,
+    QueuedEvent,
+    TokenEvent,
+)
 from server.runtime.scheduler import RequestHandle, Scheduler
 from server.services.limits import RequestLimits
 from server.services.sampling import choice_params, stop_strings, token_budget
@@ -52,6 +64,7 @@ ResponseT = TypeVar("ResponseT", covariant=True)
 T = TypeVar("T")
 Chunk = dict[str, object]
 ChoiceEvent = tuple[int, TokenEvent | FinishEvent]
+StreamEvent = tuple[int, TokenEvent | FinishEvent | ProgressEvent]
 WireFinish = Literal["stop", "length"]
 
 
@@ -98,6 +111,32 @@ class ChoiceText:
         return "".join(self.parts)
 
 
+@dataclass(frozen=True)
+class StreamComment:
+    """An SSE comment line for the stream (``: <text>``): what OpenAI clients skip by design."""
+
+    text: str
+
+
+StreamItem = Chunk | StreamComment
+
+
+def wants_progress(req: SamplingFields) -> bool:
+    """``stream_options.include_progress`` (the limits refuse stream_options without ``stream``)."""
+    return bool(req.stream and req.stream_options and req.stream_options.include_progress)
+
+
+def progress_comment(index: int, ev: ProgressEvent) -> StreamComment:
+    """Our ``include_progress`` extension's line for one progress event (server/protocol/progress.py)."""
+    if isinstance(ev, QueuedEvent):
+        body = QueuePosition(index=index, position=ev.position).model_dump()
+        return StreamComment("queued " + json.dumps(body, separators=(",", ":")))
+    wire = PromptProgress(
+        index=index, total=ev.total, cached=ev.cached, processed=ev.processed, time_ms=round(ev.seconds * 1000)
+    )
+    return StreamComment("progress " + json.dumps(wire.model_dump(), separators=(",", ":")))
+
+
 class Generation(Protocol[ResponseT]):
     """A submitted request, as a service hands it to its route: a response, or stream chunks."""
 
@@ -106,7 +145,7 @@ class Generation(Protocol[ResponseT]):
 
     async def response(self) -> ResponseT: ...
 
-    def chunks(self) -> AsyncIterator[Chunk]: ...
+    def chunks(self) -> AsyncIterator[StreamItem]: ...
 
 
 class _Streamable(Protocol):
@@ -183,6 +222,7 @@ class Pipeline:
         grammar: str | None,
         grammar_param: str | None = None,
         caller: Caller = ANONYMOUS,
+        progress: bool = False,
     ) -> PreparedGeneration:
         """Size each prompt's choices to the context and give each its sampling settings."""
         params = choice_params(req, self.info, n, top_logprobs=top_logprobs, grammar=grammar)
@@ -194,7 +234,9 @@ class Pipeline:
             if budget == 0:
                 continue
             requests += [
-                GenerationRequest(prompt, p, budget, stop, request_id, priority=priority, key_id=caller.key_id)
+                GenerationRequest(
+                    prompt, p, budget, stop, request_id, priority=priority, key_id=caller.key_id, progress=progress
+                )
                 for p in params
             ]
         return PreparedGeneration(request_id, prompts, n, requests, grammar_param)
@@ -218,7 +260,21 @@ class Pipeline:
     async def events(
         self, prepared: PreparedGeneration, handles: Sequence[RequestHandle]
     ) -> AsyncIterator[ChoiceEvent]:
-        """Every choice's events in arrival order, tagged with the choice index.
+        """:meth:`stream_events` without progress events (for those who never asked for them)."""
+        try:
+            async with aclosing(self.stream_events(prepared, handles)) as events:
+                async for i, ev in events:
+                    if not isinstance(ev, QueuedEvent | PrefillEvent):
+                        yield i, ev
+        finally:
+            for h in handles:
+                h.cancel()
+
+    async def stream_events(
+        self, prepared: PreparedGeneration, handles: Sequence[RequestHandle]
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Every choice's events in arrival order, tagged with the choice index; progress events
+        too, for requests that asked for them (``progress``).
 
         Ends after the last choice finishes; an error is raised as the API's error. Leaving
         early (or an error) cancels every choice, which frees their slots at the next step.
@@ -235,7 +291,9 @@ class Pipeline:
                 h.cancel()
 
     @staticmethod
-    def _checked(ev: TokenEvent | FinishEvent | ErrorEvent, prepared: PreparedGeneration) -> TokenEvent | FinishEvent:
+    def _checked(
+        ev: TokenEvent | FinishEvent | ErrorEvent | ProgressEvent, prepared: PreparedGeneration
+    ) -> TokenEvent | FinishEvent | ProgressEvent:
         if isinstance(ev, ErrorEvent):
             raise api_error(ev.error, grammar_param=prepared.grammar_param)
         return ev
@@ -299,8 +357,8 @@ class Pipeline:
         return int(time.time())
 
 
-async def _merged(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent | ErrorEvent]]:
-    merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent | ErrorEvent]] = asyncio.Queue()
+async def _merged(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, Event]]:
+    merged: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
     async def pump(i: int, handle: RequestHandle) -> None:
         async for ev in handle.events():

@@ -105,6 +105,9 @@ def test_the_pod_outlives_the_drain_and_runs_locked_down() -> None:
     assert mounts["models"]["readOnly"] and mounts["api-keys"]["readOnly"]
     assert flags["--api-key-file"].startswith(mounts["api-keys"]["mountPath"] + "/")
     assert "/tmp" in {m["mountPath"] for m in mounts.values()}
+    # The image keeps stored responses in /var/lib/llamaserve: writable, or the server exits 2 at start.
+    state = next(m for m in mounts.values() if m["mountPath"] == "/var/lib/llamaserve")
+    assert not state.get("readOnly") and "emptyDir" in next(v for v in pod["volumes"] if v["name"] == state["name"])
     rollout = deployment["spec"]["strategy"]["rollingUpdate"]
     assert rollout["maxUnavailable"] == 0  # capacity never drops while a new replica loads
 

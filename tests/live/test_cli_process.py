@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from server.engine.llama.model_files import bundled_model_path
-from tests.conftest import ROOT
+from server.state import DB_FILE, ResponseStore, StoredResponse
+from tests.conftest import ROOT, STATE_ENV
+from tests.helpers.cli_server import cli_server
 from tests.helpers.gguf_files import write_header_only_gguf, write_split_copy
 from tests.helpers.live import wait_healthy
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.live
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMASERVE_", "_LLAMASERVE_"))}
+    env.update(STATE_ENV)  # no stored responses in the home of whoever runs the tests
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     return env
@@ -117,6 +120,45 @@ def test_bad_value_from_the_environment() -> None:
         [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert_refused(result, "LLAMASERVE_PARALLEL", "greater than or equal to 1")
+
+
+def test_corrupt_state_database(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / DB_FILE).write_bytes(b"not a database, only garbage " * 400)
+    assert_refused(
+        run_cli("--state-dir", str(state), "-c", "256", "-np", "1"), str(state / DB_FILE), "is corrupt", "Move it aside"
+    )
+
+
+def test_state_dir_that_cannot_be_written(tmp_path: Path) -> None:
+    # Under a regular file: no directory can be made there, even as root (where chmod stops nothing).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_refused(
+        run_cli("--state-dir", str(blocker / "state"), "-c", "256", "-np", "1"),
+        "cannot be written",
+        "--state-dir :memory:",
+    )
+
+
+def test_a_served_state_dir_keeps_what_was_stored(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    seeded = ResponseStore.open(str(state), max_age_days=None, max_bytes=None)
+    item = {"id": "msg_1", "type": "message", "role": "user", "content": "hi"}
+    record = StoredResponse("resp_1", None, 1, "m", None, {"id": "resp_1"}, [item], [item])
+    seeded.put(record)
+    seeded.close()
+    with cli_server(tmp_path, {}, "--state-dir", str(state)) as server:
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert "\nllamaserve_responses_stored 1.0\n" in metrics
+        server.proc.terminate()
+        assert server.wait() == 0
+    reopened = ResponseStore.open(str(state), max_age_days=None, max_bytes=None)
+    try:
+        assert reopened.get("resp_1", None) == record
+    finally:
+        reopened.close()
 
 
 # ---- help and version -----------------------------------------------------------------------------

@@ -167,3 +167,19 @@ def test_a_slot_loses_what_a_new_prompt_does_not_share(engine: Engine) -> None:
     assert engine.slot_loss(0, [*PROMPT, 1, 2]) == 0  # the same conversation, one turn on
     assert engine.slot_loss(0, [*PROMPT[:10], 200]) == len(PROMPT) - 10
     assert engine.cache_stats() is None  # neither engine here has a prompt cache
+
+
+def test_prefill_progress_counts_the_prompt_tokens_in_the_cells(engine: Engine) -> None:
+    assert engine.prefill_progress(0) == 0  # an idle slot
+    engine.begin(0, PROMPT, GREEDY)
+    assert engine.prefill_progress(0) == 0
+    engine.step()
+    assert engine.prefill_progress(0) == N_BATCH  # one chunk
+    engine.step()
+    assert engine.prefill_progress(0) == len(PROMPT)  # the rest, and the first token
+    engine.step()
+    assert engine.prefill_progress(0) == len(PROMPT)  # generating: the prompt is all in
+    engine.release(0)
+    assert engine.prefill_progress(0) == 0
+    assert engine.begin(0, [*PROMPT[:20], 200, 201], GREEDY) == 20
+    assert engine.prefill_progress(0) == 20  # a reused prefix counts from the start

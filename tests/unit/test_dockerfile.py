@@ -43,6 +43,16 @@ def test_multi_stage_non_root_with_healthcheck_on_health() -> None:
     assert any(w == "ARG" and rest.startswith("MODEL_FILE") for w, rest in runtime)
 
 
+def test_stored_responses_live_on_a_volume() -> None:
+    # The root filesystem may be read-only (--read-only, Kubernetes): a state dir outside a volume
+    # would stop the server at start with exit code 2.
+    ins = instructions()
+    env = " ".join(rest for w, rest in ins if w == "ENV")
+    assert re.search(r"\bLLAMASERVE_STATE_DIR=/var/lib/llamaserve\b", env)
+    assert any(w == "VOLUME" and '"/var/lib/llamaserve"' in rest for w, rest in ins)
+    assert any(w == "RUN" and "-o llamaserve" in rest and "/var/lib/llamaserve" in rest for w, rest in ins)
+
+
 def test_the_build_context_leaves_out_the_venv_and_the_tests() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("**") :]  # everything out, then only what the image needs back in

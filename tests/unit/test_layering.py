@@ -1,7 +1,8 @@
 """The import rules that keep the layers apart, checked by walking every module's imports.
 
 The order is engine < runtime < services < api (< cli): a layer imports only the ones below it.
-``prompting/`` turns conversations into text and never imports the engine or the scheduler; the
+``prompting/`` turns conversations into text and never imports the engine or the scheduler;
+``state/`` (stored state in SQLite) imports only the vocabulary, and the services and the API use it; the
 shared vocabulary (``protocol``, ``errors``, ``settings``) sits at the top of the package and
 imports no layer at all.
 """
@@ -67,7 +68,7 @@ def rooms_imported_by(path: Path) -> set[str]:
 def test_the_walk_sees_the_whole_package() -> None:
     assert len(modules()) > 40
     assert importers_of("llama_cpp")  # the walk does find imports
-    assert {room_of(p) for p in modules()} >= {*LAYERS, "prompting", "ops", *VOCABULARY}
+    assert {room_of(p) for p in modules()} >= {*LAYERS, "prompting", "ops", "state", *VOCABULARY}
 
 
 def test_the_walk_would_catch_a_layer_importing_upwards(tmp_path: Path) -> None:
@@ -89,6 +90,20 @@ def test_prompting_never_imports_the_engine_or_the_scheduler() -> None:
     for path in (SERVER / "prompting").rglob("*.py"):
         bad = rooms_imported_by(path) & {"engine", "runtime", "services", "api", "cli"}
         assert not bad, f"{rel(path)} imports {sorted(bad)}"
+
+
+def test_state_imports_only_the_shared_vocabulary() -> None:
+    paths = list((SERVER / "state").rglob("*.py"))
+    assert paths
+    for path in paths:
+        bad = rooms_imported_by(path) - {"errors", "settings"}
+        assert not bad, f"{rel(path)} imports {sorted(bad)}"
+
+
+def test_only_the_services_and_the_api_above_them_use_state() -> None:
+    # The engine and the scheduler keep no stored state; the CLI opens it only through its checks.
+    allowed = ("server/state/", "server/services/", "server/api/", "server/cli/")
+    assert {p for p in importers_of("server.state") if not p.startswith(allowed)} == set()
 
 
 def test_the_engine_and_runtime_speak_no_wire_model_and_no_metrics() -> None:

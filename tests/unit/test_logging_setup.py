@@ -6,26 +6,8 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 
-import pytest
-
-from server.ops.logs import UVICORN_LOGGERS, LogFormat, configure_logging, make_handler, request_id_var
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    saved_uvicorn = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in UVICORN_LOGGERS}
-    try:
-        yield
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        for name, (handlers, propagate) in saved_uvicorn.items():
-            logging.getLogger(name).handlers[:] = handlers
-            logging.getLogger(name).propagate = propagate
+from server.ops.logs import LogFormat, configure_logging, make_handler, request_id_var
 
 
 def logger_with(fmt: LogFormat) -> tuple[logging.Logger, io.StringIO]:
@@ -94,7 +76,6 @@ async def test_concurrent_requests_keep_their_own_ids() -> None:
     assert ids == ["r0", "r1", "r2", "r3", "r4"]
 
 
-@pytest.mark.usefixtures("restore_logging")
 def test_configure_logging_routes_ours_and_uvicorns_lines_through_one_format() -> None:
     stream = io.StringIO()
     logging.getLogger("uvicorn.error").addHandler(logging.StreamHandler(io.StringIO()))

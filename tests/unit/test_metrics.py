@@ -397,3 +397,35 @@ def test_prompt_cache_series_are_read_from_the_engine_at_scrape_time(metrics: Me
     assert (
         metrics.registry.get_sample_value("llamaserve_prompt_cache_hits_total", {"model": MODEL, "tier": "ram"}) is None
     )
+
+
+class _Store:
+    """A response store as the gauges see it: numbers that change between scrapes."""
+
+    def __init__(self) -> None:
+        self.n, self.size, self.broken = 0, 0, False
+
+    def count(self) -> int:
+        if self.broken:
+            raise RuntimeError("disk gone")
+        return self.n
+
+    def bytes_used(self) -> int:
+        return self.size
+
+
+def test_stored_responses_are_read_from_the_store_at_scrape_time(metrics: Metrics) -> None:
+    store = _Store()
+    assert metrics.registry.get_sample_value("llamaserve_responses_stored") is None  # no store yet
+    metrics.stored_responses.watch(store)
+    assert value(metrics, "llamaserve_responses_stored") == 0
+    store.n, store.size = 3, 4096
+    assert value(metrics, "llamaserve_responses_stored") == 3
+    assert value(metrics, "llamaserve_responses_stored_bytes") == 4096
+    assert b"\nllamaserve_responses_stored 3.0\n" in metrics.render(None)[0]
+    store.broken = True  # a failing store leaves the rest of /metrics whole
+    text, _ = metrics.render(None)
+    assert b"\nllamaserve_responses_stored " not in text and b"\nllamaserve_requests_rejected_total" in text
+    store.broken = False
+    metrics.stored_responses.watch(None)  # the app stopped: no value rather than a stale one
+    assert metrics.registry.get_sample_value("llamaserve_responses_stored") is None

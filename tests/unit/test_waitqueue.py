@@ -78,3 +78,15 @@ def test_remove_if_counts_and_clear() -> None:
     assert len(q) == 2 and q.count("a") == 1 and q.count("b") == 1
     assert sorted(it.name for it in q.clear()) == ["0", "3"]
     assert not q and q.counts() == {}
+
+
+def test_ranked_lists_the_order_pop_would_take_and_leaves_the_queue_alone() -> None:
+    q: WaitQueue[Item] = WaitQueue({"heavy": 2.0})
+    for i in range(3):
+        q.push(Item(f"h{i}", key_id="heavy"))
+        q.push(Item(f"l{i}", key_id="light"))
+    q.push(Item("urgent", key_id="light", priority=-1))
+    ranked = [item.name for item in q.ranked()]
+    assert len(q) == 7
+    assert ranked == drain(q)
+    assert ranked[0] == "urgent"

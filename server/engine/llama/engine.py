@@ -304,6 +304,13 @@ class LlamaEngine:
         # never exceeds the context, since no slot holds more than n_ctx_per_seq.
         return sum(len(s.kv) for s in self._slots)
 
+    def prefill_progress(self, slot: int) -> int:
+        s = self._slot(slot)
+        if not s.active:
+            return 0
+        # A follower waits on its leader's prefill of the very same prompt.
+        return (s.leader or s).prompt_done
+
     def release(self, slot: int, *, keep_cache: bool = True) -> None:
         s = self._slot(slot)
         if s.sampler is not None:

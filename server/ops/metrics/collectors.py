@@ -1,15 +1,20 @@
-"""Series read at scrape time from the schedulers and engines: waiting per key, the prompt cache."""
+"""Series read at scrape time from the schedulers and engines: waiting per key, the prompt cache;
+and from the response store: responses stored and their bytes."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.engine.prompt_cache.stats import RESTORE_BUCKETS, TIERS, CacheStats
 from server.ops.metrics.names import PREFIX, SchedulerView
+
+log = logging.getLogger(__name__)
 
 
 class _WaitingByKey(Collector):
@@ -116,3 +121,54 @@ class PromptCacheCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
             restore.add_metric([model], buckets, s.restore_seconds_sum)
         return [hits, misses, evictions, used, entries, corrupt, restore]
+
+
+class StoreView(Protocol):
+    """What the stored-responses gauges read at scrape time (a :class:`server.state.ResponseStore`)."""
+
+    def count(self) -> int: ...
+
+    def bytes_used(self) -> int: ...
+
+
+class StoredResponsesCollector(Collector):
+    """``responses_stored`` and ``responses_stored_bytes``, asked of the store at each scrape.
+
+    Read, not kept: the bounds and other processes' restarts change the numbers without a hook
+    to tell. No store (before the app starts, after it stops): the families have no sample.
+    """
+
+    def __init__(self) -> None:
+        self._store: StoreView | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, store: StoreView | None) -> None:
+        with self._lock:
+            self._store = store
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            store = self._store
+        values = None
+        if store is not None:
+            try:
+                values = (store.count(), store.bytes_used())
+            except Exception:
+                # A store that fails (a full disk, closed mid-scrape) must not take /metrics down with it.
+                log.warning("could not read the response store for /metrics", exc_info=True)
+        return self._families(values)
+
+    @staticmethod
+    def _families(values: tuple[int, int] | None) -> list[Metric]:
+        stored = GaugeMetricFamily(f"{PREFIX}_responses_stored", "Responses kept for the Responses API (not expired).")
+        size = GaugeMetricFamily(
+            f"{PREFIX}_responses_stored_bytes",
+            "Bytes of JSON the stored responses hold (what --responses-max-bytes bounds).",
+        )
+        if values is not None:
+            stored.add_metric([], values[0])
+            size.add_metric([], values[1])
+        return [stored, size]

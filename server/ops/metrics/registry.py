@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from server.ops.metrics.collectors import PromptCacheCollector, _WaitingByKey
+from server.ops.metrics.collectors import PromptCacheCollector, StoredResponsesCollector, _WaitingByKey
 from server.ops.metrics.model import ModelMetrics
 from server.ops.metrics.names import (
     E2E_BUCKETS,
@@ -47,6 +47,8 @@ class Metrics:
         self._models_lock = threading.Lock()
         self.prompt_cache = PromptCacheCollector()
         self.registry.register(self.prompt_cache)
+        self.stored_responses = StoredResponsesCollector()  # .watch(store) while the app runs
+        self.registry.register(self.stored_responses)
 
     # Declarations only, grouped by kind; every per-model series carries the "model" label.
 
