@@ -3,9 +3,12 @@
 // through textContent or renderMarkdown (which escapes everything first).
 
 import { getJson, isAbort, postStream, readChunks } from "./api.js";
+import { Attachments, attachmentsNode } from "./attachments.js";
+import { fork, newVersion, versionControls } from "./branches.js";
 import { COMPLETION_KEY, COMPLETION_MAX_TOKENS, generate as generateCompletion, undo } from "./completion.js";
 import { chatHistory, exportConversation } from "./conversations.js";
 import { renderMarkdown } from "./markdown.js";
+import { ProbabilityView } from "./probabilities.js";
 import { PROGRESS_OPTION, PromptProgress } from "./progress.js";
 import {
   $,
@@ -43,6 +46,11 @@ const app = {
   undoText: null,
   lastSaved: 0,
 };
+// Text files waiting in the composer for the next message.
+const attachments = new Attachments({
+  context: () => ({ ctx: app.model.ctx, used: current().usage?.total_tokens ?? 0, model: app.model.id }),
+  apiKey: () => app.apiKey,
+});
 
 // ---- conversations ------------------------------------------------------------------------------
 
@@ -166,8 +174,12 @@ function messageNode(conv, msg, index) {
   else if (msg.content) body.innerHTML = renderMarkdown(msg.content);
   else if (!msg.error && !msg.stopped) body.append(el("span", { class: "typing", "aria-label": "waiting" }, "● ● ●"));
   node.append(body);
+  const files = attachmentsNode(msg);
+  if (files) node.append(files);
   if (msg.error) node.append(el("div", { class: "msg-error", testid: "message-error", role: "alert" }, msg.error));
   const meta = el("div", { class: "msg-meta" });
+  const versions = versionControls(conv, index, { disabled: Boolean(app.running), onSwitch: afterSwitch });
+  if (versions) meta.append(versions);
   if (msg.role === "assistant") {
     meta.append(el("span", { class: "stats", testid: "reply-stats" }, formatStats(msg.stats)));
     if (isLast && !app.running) {
@@ -182,6 +194,11 @@ function messageNode(conv, msg, index) {
   }
   node.append(meta);
   return node;
+}
+
+function afterSwitch() {
+  persist();
+  renderMessages();
 }
 
 function renderMessages() {
@@ -228,8 +245,9 @@ function startEdit(node, conv, index) {
   const send = () => {
     const text = area.value.trim();
     if (!text || app.running) return;
-    msg.content = text;
-    conv.messages.splice(index + 1);
+    // The old message and what followed it stay as the previous version.
+    fork(conv, index);
+    conv.messages.push(newVersion(msg, text));
     startReply(conv);
   };
   save.addEventListener("click", send);
@@ -247,10 +265,12 @@ function startEdit(node, conv, index) {
 function sendFromComposer() {
   const input = $("chat-input");
   const text = input.value.trim();
-  if (!text || app.running) return;
+  if ((!text && !attachments.pending.length) || app.running) return;
+  const files = attachments.take();
+  if (!files) return; // they no longer fit the context: the page said why
   const conv = current();
-  conv.messages.push({ role: "user", content: text });
-  if (conv.title === "New chat") conv.title = text.replace(/\s+/g, " ").slice(0, 48);
+  conv.messages.push(files.length ? { role: "user", content: text, attachments: files } : { role: "user", content: text });
+  if (conv.title === "New chat") conv.title = (text || files[0].name).replace(/\s+/g, " ").slice(0, 48);
   input.value = "";
   startReply(conv);
 }
@@ -258,7 +278,12 @@ function sendFromComposer() {
 function regenerate() {
   const conv = current();
   if (app.running) return;
-  if (conv.messages.at(-1)?.role === "assistant") conv.messages.pop();
+  const last = conv.messages.at(-1);
+  // A real answer stays as the previous version; a failed or empty one is replaced.
+  if (last?.role === "assistant") {
+    if (last.content) fork(conv, conv.messages.length - 1);
+    else conv.messages.pop();
+  }
   if (conv.messages.at(-1)?.role !== "user") return;
   startReply(conv);
 }
@@ -346,7 +371,7 @@ async function runChat(conv, reply, messages) {
   } else {
     reply.stats = meter.stats(reply.stopped ? "stopped" : reply.stats_note || "");
     delete reply.stats_note;
-    if (meter.usage) conv.usage = meter.usage;
+    if (meter.usage) conv.usage = reply.usage = meter.usage;
   }
   conv.updated = Date.now();
   persist();
@@ -376,10 +401,11 @@ const completionUi = {
   pollHealth: () => pollHealth(),
   askForKey: (retry) => askForKey(retry),
   generate: () => generate(),
+  probabilities: null, // set in init()
 };
 
-function generate() {
-  return generateCompletion(app, completionUi);
+function generate(opts) {
+  return generateCompletion(app, completionUi, opts);
 }
 
 // ---- API key ------------------------------------------------------------------------------------
@@ -573,8 +599,11 @@ function wire() {
   });
   $("export-json").addEventListener("click", () => exportConversation(current(), "json", app.model.id));
   $("export-md").addEventListener("click", () => exportConversation(current(), "markdown", app.model.id));
-  $("generate").addEventListener("click", generate);
-  $("undo").addEventListener("click", () => undo(app));
+  $("generate").addEventListener("click", () => generate());
+  $("undo").addEventListener("click", () => {
+    undo(app);
+    completionUi.probabilities.restore();
+  });
   const area = $("completion-text");
   area.value = load(COMPLETION_KEY, "");
   area.addEventListener("input", () => store(COMPLETION_KEY, area.value));
@@ -606,6 +635,9 @@ function wire() {
 
 function init() {
   wire();
+  attachments.wire();
+  completionUi.probabilities = new ProbabilityView(app, { generate });
+  completionUi.probabilities.wire();
   wireSettings();
   setMode(app.mode);
   renderChat();

@@ -8,8 +8,10 @@ import { $, formatStats, hideNotice, Meter, samplingBody, showNotice, store, wai
 export const COMPLETION_MAX_TOKENS = 256;
 export const COMPLETION_KEY = "llamaserve.completion.v1";
 
-// `ui` is what the page lends this mode: setRunning(on), pollHealth(), askForKey(retry), generate.
-export async function generate(app, ui) {
+// `ui` is what the page lends this mode: setRunning(on), pollHealth(), askForKey(retry), generate,
+// and probabilities (the token view, which asks for logprobs while it is on).
+// `undoText`: what Undo restores, when it is not the text the generation starts from.
+export async function generate(app, ui, { undoText } = {}) {
   if (app.running) return;
   const area = $("completion-text");
   const before = area.value;
@@ -17,7 +19,8 @@ export async function generate(app, ui) {
     showNotice("Write the start of a text first; Generate continues it.", "info");
     return;
   }
-  app.undoText = before;
+  app.undoText = undoText ?? before;
+  const probs = ui.probabilities?.enabled ? ui.probabilities : null;
   const controller = new AbortController();
   app.running = { controller, kind: "completion" };
   ui.setRunning(true);
@@ -32,6 +35,8 @@ export async function generate(app, ui) {
     stream_options: { include_usage: true, ...PROGRESS_OPTION },
   };
   request.max_tokens ??= COMPLETION_MAX_TOKENS;
+  if (probs) request.logprobs = probs.topN;
+  probs?.begin(before, undoText !== undefined);
   let note = "";
   let askKey = false;
   const progress = new PromptProgress();
@@ -53,6 +58,7 @@ export async function generate(app, ui) {
         if (stick) area.scrollTop = area.scrollHeight;
         statsEl.textContent = formatStats(meter.stats());
       }
+      probs?.add(choice);
       if (choice?.finish_reason === "length") note = "stopped at max tokens";
       if (chunk.usage) meter.usage = chunk.usage;
     }
@@ -70,6 +76,7 @@ export async function generate(app, ui) {
     app.running = null;
     ui.setRunning(false);
     ui.pollHealth();
+    probs?.end();
   }
   store(COMPLETION_KEY, area.value);
   if (askKey) {

@@ -1,5 +1,6 @@
 // Conversations as data: what is sent to the model, and the two export formats.
 
+import { attachmentText, messageContent } from "./attachments.js";
 import { download, slug } from "./util.js";
 
 export function chatHistory(conv) {
@@ -7,7 +8,7 @@ export function chatHistory(conv) {
   if (conv.system?.trim()) messages.push({ role: "system", content: conv.system });
   for (const m of conv.messages) {
     if (m.role === "assistant" && !m.content) continue; // a failed or empty reply is not context
-    messages.push({ role: m.role, content: m.content });
+    messages.push({ role: m.role, content: messageContent(m) });
   }
   return messages;
 }
@@ -27,8 +28,9 @@ export function exportConversation(conv, format, modelId) {
   const parts = [`# ${conv.title}`, ""];
   if (conv.system?.trim()) parts.push("## System", "", conv.system, "");
   for (const m of conv.messages) {
-    if (!m.content) continue;
-    parts.push(m.role === "user" ? "## User" : "## Assistant", "", m.content, "");
+    if (!m.content && !m.attachments?.length) continue;
+    const files = (m.attachments || []).map((a) => attachmentText(a));
+    parts.push(m.role === "user" ? "## User" : "## Assistant", "", ...files, m.content, "");
   }
   download(`${slug(conv.title)}.md`, "text/markdown", parts.join("\n"));
 }

@@ -189,7 +189,9 @@ PromptField = str | list[str] | list[int] | list[list[int]]
 class CompletionRequest(SamplingFields):
     prompt: PromptField | None = Field(default=None, description="text, texts, token ids or lists of token ids")
     echo: bool | None = False
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="top alternatives per token (0..5)")
+    # OpenAI allows 0..5; we allow 10 (a superset, as llama-server's n_probs is), so the web UI's
+    # completion mode can show ten alternatives per token.
+    logprobs: int | None = Field(default=None, ge=0, le=10, description="top alternatives per token (0..10)")
     max_tokens: int | None = Field(default=16, ge=0, description="maximum tokens to generate (default 16)")
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=0, le=20)

@@ -1,9 +1,9 @@
 """Legacy ``/v1/completions``: raw prompts (text or token ids) in, text out.
 
 Each prompt gets ``n`` choices; choice ``p * n + i`` is prompt ``p``'s ``i``-th, as OpenAI
-numbers them. ``echo`` puts the prompt text in front of the completion; ``logprobs`` (0..5)
-uses the legacy parallel-list format. ``suffix`` (insertion) and ``best_of`` other than 1 are
-refused: the model is not an infill model and we do not rank hidden candidates.
+numbers them. ``echo`` puts the prompt text in front of the completion; ``logprobs`` (0..10, where
+OpenAI stops at 5) uses the legacy parallel-list format. ``suffix`` (insertion) and ``best_of`` other
+than 1 are refused: the model is not an infill model and we do not rank hidden candidates.
 """
 
 from __future__ import annotations

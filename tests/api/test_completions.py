@@ -61,6 +61,9 @@ def test_legacy_logprobs_format(sdk: OpenAI) -> None:
     assert lp.text_offset == [0, 1, 2, 3, 4]
     assert lp.top_logprobs is not None and all(len(t) == 2 for t in lp.top_logprobs)
     assert lp.top_logprobs[0]["P"] == -0.25
+    # Up to ten alternatives may be asked for, beyond OpenAI's five (the fake engine knows two).
+    wide = complete(sdk, prompt="x", max_tokens=2, logprobs=10).choices[0].logprobs
+    assert wide is not None and wide.top_logprobs is not None and all(len(t) == 2 for t in wide.top_logprobs)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +76,7 @@ def test_legacy_logprobs_format(sdk: OpenAI) -> None:
         ({"prompt": []}, "prompt"),
         ({"prompt": [[]]}, "prompt"),
         ({"prompt": [1, 2, 99999]}, "prompt"),
-        ({"prompt": "x", "logprobs": 6}, "logprobs"),
+        ({"prompt": "x", "logprobs": 11}, "logprobs"),
         ({"prompt": "x", "n": 20}, "n"),
         ({"prompt": "x" * 600}, "prompt"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),

@@ -74,6 +74,15 @@ def test_html_has_no_inline_script_or_handlers() -> None:
     assert "http://" not in html and "https://" not in html  # nothing from the network
 
 
+def test_no_inline_style_attributes() -> None:
+    # style-src 'self' drops a style attribute written in the HTML or set as an attribute by script
+    # (the UI styles through classes, and sizes through the CSSOM, element.style, which it allows).
+    assert not re.search(r"\sstyle\s*=", (WEB_DIR / "index.html").read_text(encoding="utf-8"))
+    for script in WEB_DIR.glob("*.js"):
+        text = script.read_text(encoding="utf-8")
+        assert not re.search(r"""setAttribute\(\s*["']style|style=\\?["']""", text), script.name
+
+
 def test_api_answers_are_unchanged_by_the_mount(web: TestClient) -> None:
     with web:
         wrong_method = web.get("/v1/chat/completions")

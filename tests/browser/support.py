@@ -71,6 +71,8 @@ STORY_CONTINUATION = (
     " night a light answered his: three flashes from the open sea."
 )
 SLOW_REPLY = "This reply is long on purpose, so that it can be stopped halfway. " * 40
+# Two-byte characters: the fake's tokens are bytes, so each is split over two tokens.
+DESSERT_CONTINUATION = " crème brûlée"
 
 
 def last_user_turn(prompt: str) -> str:
@@ -85,6 +87,8 @@ def scripted_reply(prompt: str) -> str:
     if "<|im_start|>" not in prompt:  # /v1/completions: a plain text to continue
         if "lighthouse" in prompt:
             return STORY_CONTINUATION
+        if "dessert" in prompt:
+            return DESSERT_CONTINUATION
         return SLOW_REPLY if "slow" in prompt else COMPLETION_CONTINUATION
     if "capitals" in turn.lower():
         return CAPITALS_REPLY
@@ -109,3 +113,19 @@ class DialogWatch:
 
 
 PageFactory = Callable[..., Page]
+
+_CSP_WATCH = (
+    "window.__csp = window.__csp || [];"
+    "document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective));"
+)
+
+
+def watch_csp(page: Page) -> None:
+    """Record the page's Content-Security-Policy violations, now and after any reload."""
+    page.add_init_script(_CSP_WATCH)
+    page.evaluate(_CSP_WATCH)
+
+
+def csp_violations(page: Page) -> list[str]:
+    found: list[str] = page.evaluate("window.__csp || []")
+    return found

@@ -223,6 +223,21 @@ def test_completions_echo_and_token_prompts(sdk: OpenAI) -> None:
     assert lp.choices[0].logprobs is not None and len(lp.choices[0].logprobs.tokens or []) == 4
 
 
+def test_completions_logprobs_go_beyond_openais_five(sdk: OpenAI) -> None:
+    # The web UI's completion mode asks for ten alternatives per token (OpenAI stops at five).
+    r = sdk.completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=10
+    )
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.top_logprobs is not None and len(lp.top_logprobs) == 4
+    # Keyed by text, so two tokens that decode alike share one entry: more than five, at most ten.
+    assert all(5 < len(alts) <= 10 for alts in lp.top_logprobs)
+    assert lp.tokens is not None and lp.token_logprobs is not None
+    for token, logprob, alts in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert alts[token] == pytest.approx(logprob)  # temperature 0: the sampled token is the top one
+        assert max(alts.values()) == pytest.approx(logprob)
+
+
 def test_embeddings_are_meaningful(sdk: OpenAI) -> None:
     r = sdk.embeddings.create(
         model="smollm2", input=["The cat sat on the mat.", "A cat was sitting on a mat.", "Gluon field theory."]
