@@ -161,7 +161,14 @@ async def one_turn(
 async def workload(url: str, config: str, args: argparse.Namespace) -> Report:
     report = Report(config)
     chats = [[{"role": "system", "content": system_prompt(u, args.system_tokens)}] for u in range(args.users)]
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+    # A new connection for every turn, for every server: llama-server (cpp-httplib) closes the
+    # connection after each streamed response although it answered "Keep-Alive" (its content
+    # provider returns false once the stream is done, which cpp-httplib takes for a cancel), so a
+    # pooled connection reused for the next turn races that close and loses it now and then
+    # ("Server disconnected without sending a response"). A fresh TCP connect costs well under a
+    # millisecond on 127.0.0.1, and both servers pay it alike.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         start = time.perf_counter()
         for turn in range(1, args.turns + 1):
             for u, chat in enumerate(chats):
@@ -200,7 +207,7 @@ def run_config(config: str, args: argparse.Namespace, cache_dir: str) -> Report:
 
         model = args.model or str(bundled_model_path())
         cmd = [args.llama_server, "-m", model, "--port", str(port), "-np", str(args.parallel),
-               "-c", str(args.ctx_size * args.parallel)]  # fmt: skip
+               "-c", str(args.ctx_size * args.parallel), *(["-lv", "4", "--log-file", "/tmp/cb/ls.log"] if __import__("os").environ.get("LSLOG") else [])]  # fmt: skip
     with serving(cmd, port) as url:
         return asyncio.run(workload(url, config, args))
 
