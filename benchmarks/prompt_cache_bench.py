@@ -12,15 +12,21 @@ tokens a turn at temperature 0. Configurations, one server each, in one run:
 * ``llama-server``: llama.cpp's own server with its default ``--cache-ram``, when ``--llama-server``
   gives its binary.
 
+``--configs`` gives the order; ``a+b`` runs two side by side, turn by turn (user 0 on a, user 0 on
+b, user 1 on a, ...), so on a shared machine their ratio comes from the same minutes of load. The
+default runs ``ram+llama-server`` that way.
+
 Per configuration: TTFT p50/p95 of turns 2+, TTFT p50 of turn 1, prompt tokens computed (not
-cached), the cached share of turns 2+, and generated tokens/s. A benchmark: it prints figures and
-passes no judgement.
+cached; llama-server's ``timings.prompt_n``, which like llamaserve's count includes the last prompt
+token both decode again for its logits), the cached share of turns 2+, and generated tokens per
+second of its own requests. A benchmark: it prints figures and passes no judgement.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -158,22 +164,39 @@ async def one_turn(
     return ttft or float("nan"), text, prompt, cached, int(usage.get("completion_tokens", 0))
 
 
-async def workload(url: str, config: str, args: argparse.Namespace) -> Report:
-    report = Report(config)
-    chats = [[{"role": "system", "content": system_prompt(u, args.system_tokens)}] for u in range(args.users)]
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
-        start = time.perf_counter()
+async def workload(targets: list[tuple[str, str]], args: argparse.Namespace) -> list[Report]:
+    """The chat workload against each ``(config, url)`` target, interleaved turn by turn.
+
+    Each target keeps its own chats (its own replies), so the servers see the same prompts up to
+    their answers; side by side, they share whatever load the machine has at that moment.
+    """
+    reports = [Report(config) for config, _ in targets]
+    chats = {
+        config: [[{"role": "system", "content": system_prompt(u, args.system_tokens)}] for u in range(args.users)]
+        for config, _ in targets
+    }
+    # A new connection for every turn, for every server: llama-server (cpp-httplib) closes the
+    # connection after each streamed response although it answered "Keep-Alive" (its content
+    # provider returns false once the stream is done, which cpp-httplib takes for a cancel), so a
+    # pooled connection reused for the next turn races that close and loses it now and then
+    # ("Server disconnected without sending a response"). A fresh TCP connect costs well under a
+    # millisecond on 127.0.0.1, and both servers pay it alike.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         for turn in range(1, args.turns + 1):
-            for u, chat in enumerate(chats):
-                chat.append(
-                    {"role": "user", "content": f"Question {turn}: what do the notes say about {WORDS[u + turn]}?"}
-                )
-                ttft, text, prompt, cached, completion = await one_turn(client, url, chat, args.max_tokens)
-                chat.append({"role": "assistant", "content": text})
-                report.turns.append(Turn(u, turn, ttft, prompt, cached, completion))
-                log.info("%s user %d turn %d: ttft %.3f s, %d/%d cached", config, u, turn, ttft, cached, prompt)
-        report.seconds = time.perf_counter() - start
-    return report
+            for u in range(args.users):
+                for (config, url), report in zip(targets, reports, strict=True):
+                    chat = chats[config][u]
+                    chat.append(
+                        {"role": "user", "content": f"Question {turn}: what do the notes say about {WORDS[u + turn]}?"}
+                    )
+                    began = time.perf_counter()
+                    ttft, text, prompt, cached, completion = await one_turn(client, url, chat, args.max_tokens)
+                    report.seconds += time.perf_counter() - began
+                    chat.append({"role": "assistant", "content": text})
+                    report.turns.append(Turn(u, turn, ttft, prompt, cached, completion))
+                    log.info("%s user %d turn %d: ttft %.3f s, %d/%d cached", config, u, turn, ttft, cached, prompt)
+    return reports
 
 
 def llamaserve_cmd(port: int, args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -183,26 +206,34 @@ def llamaserve_cmd(port: int, args: argparse.Namespace, extra: list[str]) -> lis
     ]  # fmt: skip
 
 
-def run_config(config: str, args: argparse.Namespace, cache_dir: str) -> Report:
-    port = free_port()
+def server_cmd(config: str, port: int, args: argparse.Namespace, cache_dir: str) -> list[str]:
     if config == "off":
-        cmd = llamaserve_cmd(port, args, ["--cache-ram", "0"])
-    elif config == "ram":
-        cmd = llamaserve_cmd(port, args, ["--cache-ram", str(args.cache_ram)])
-    elif config == "disk":
-        cmd = llamaserve_cmd(port, args, ["--cache-ram", str(args.cache_ram), "--cache-dir", cache_dir])
-        with serving(cmd, port) as url:
-            asyncio.run(workload(url, "disk (filling)", args))  # its states reach the disk
-        port = free_port()
-        cmd = llamaserve_cmd(port, args, ["--cache-ram", str(args.cache_ram), "--cache-dir", cache_dir])
-    else:
-        from server.engine.llama.model_files import bundled_model_path
+        return llamaserve_cmd(port, args, ["--cache-ram", "0"])
+    if config == "ram":
+        return llamaserve_cmd(port, args, ["--cache-ram", str(args.cache_ram)])
+    if config == "disk":
+        return llamaserve_cmd(port, args, ["--cache-ram", str(args.cache_ram), "--cache-dir", cache_dir])
+    from server.engine.llama.model_files import bundled_model_path
 
-        model = args.model or str(bundled_model_path())
-        cmd = [args.llama_server, "-m", model, "--port", str(port), "-np", str(args.parallel),
-               "-c", str(args.ctx_size * args.parallel)]  # fmt: skip
-    with serving(cmd, port) as url:
-        return asyncio.run(workload(url, config, args))
+    # The same slots and context per slot as llamaserve (-c is the whole context, split among -np
+    # slots), and its default prompt cache (--cache-ram 8192 MiB, idle slots saved).
+    model = args.model or str(bundled_model_path())
+    return [args.llama_server, "-m", model, "--port", str(port), "-np", str(args.parallel),
+            "-c", str(args.ctx_size * args.parallel)]  # fmt: skip
+
+
+def run_group(configs: list[str], args: argparse.Namespace, cache_dir: str) -> list[Report]:
+    """Run the configurations side by side (one server each, interleaved turn by turn)."""
+    if "disk" in configs:
+        port = free_port()
+        with serving(server_cmd("disk", port, args, cache_dir), port) as url:
+            asyncio.run(workload([("disk (filling)", url)], args))  # its states reach the disk
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for config in configs:
+            port = free_port()
+            targets.append((config, stack.enter_context(serving(server_cmd(config, port, args, cache_dir), port))))
+        return asyncio.run(workload(targets, args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,21 +245,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--ctx-size", type=int, default=2048, help="context tokens per slot")
     p.add_argument("--cache-ram", type=int, default=4096, help="MiB for llamaserve's RAM tier")
-    p.add_argument("--configs", default="off,ram,disk,llama-server")
+    p.add_argument(
+        "--configs",
+        default="off,ram+llama-server,disk",
+        help="configurations in order; a+b runs a and b side by side, interleaved turn by turn",
+    )
     p.add_argument("--llama-server", help="llama.cpp's llama-server binary (the reference; left out if not given)")
     p.add_argument("--model", help="GGUF for llama-server (default: the bundled SmolLM2, which llamaserve serves)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    configs = [c for c in args.configs.split(",") if c != "llama-server" or args.llama_server]
+    groups = [[c for c in g.split("+") if c != "llama-server" or args.llama_server] for g in args.configs.split(",")]
     summaries = []
     with tempfile.TemporaryDirectory(prefix="llamaserve-cache-") as cache_dir:
-        for config in configs:
+        for group in [g for g in groups if g]:
             try:
-                summaries.append(run_config(config, args, cache_dir).summary())
+                done = [r.summary() for r in run_group(group, args, cache_dir)]
+                log.info("%s", json.dumps(done))  # each group's figures as soon as they are in
+                summaries += done
             except (SystemExit, httpx.HTTPError) as exc:  # one server's failure leaves the others' figures
-                log.error("%s failed: %s", config, exc)
+                log.error("%s failed: %s", "+".join(group), exc)
     by = {str(s["config"]): s for s in summaries}
     ratios: dict[str, float] = {}
     if "ram" in by and "llama-server" in by:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.engine.base import SamplingParams
 from server.engine.llama.engine import LlamaEngine
-from server.engine.prompt_cache.cache import PromptCacheConfig
+from server.engine.prompt_cache.cache import PromptCache, PromptCacheConfig
 from server.engine.prompt_cache.disk import SUFFIX
 
 pytestmark = pytest.mark.model
@@ -108,6 +109,42 @@ def test_a_longer_prompt_restores_the_cached_prefix_and_computes_only_the_rest(
     reused, _ = generate(ram_engine, follow_up)
     # The slot held the story and all but the last reply token (the last was sampled, never decoded).
     assert reused == len(story) + len(reply) - 1
+
+
+def test_a_chats_later_state_saved_over_its_earlier_one_restores_the_same_tokens(
+    smollm2_path: str, ram_engine: LlamaEngine, prompts: tuple[list[int], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    story, other = prompts
+    next_turn = ram_engine.tokenize(
+        "<|im_end|>\n<|im_start|>user\nAnd rule 3?<|im_end|>\n<|im_start|>assistant\n",
+        add_special=False,
+        parse_special=True,
+    )
+    reused_buffers: list[bool] = []
+    take = PromptCache.reusable_buffer
+
+    def spy(self: PromptCache, tokens: list[int], **kw: Any) -> bytearray | None:
+        buf = take(self, tokens, **kw)
+        reused_buffers.append(buf is not None)
+        return buf
+
+    monkeypatch.setattr(PromptCache, "reusable_buffer", spy)
+    _, reply = generate(ram_engine, story)
+    generate(ram_engine, other)  # the story's state is saved in fresh memory
+    second = [*story, *reply, *next_turn]
+    _, reply2 = generate(ram_engine, second)  # restored from that state
+    generate(ram_engine, other)  # the longer story state is written over the earlier one's bytes
+    assert reused_buffers == [False, False, True]  # the story, the other prompt, the story again
+    third = [*second, *reply2, *next_turn]
+    reused, tokens = generate(ram_engine, third)
+    assert reused == len(second) + len(reply2) - 1
+    stats = ram_engine.cache_stats()
+    assert stats is not None and stats.ram.entries == 2  # the latest story state and the other prompt
+    scratch = make_engine(smollm2_path, None)
+    try:
+        assert generate(scratch, third) == (0, tokens)
+    finally:
+        scratch.close()
 
 
 def test_a_short_prompt_is_not_worth_caching(ram_engine: LlamaEngine, prompts: tuple[list[int], list[int]]) -> None:

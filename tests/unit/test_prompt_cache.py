@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,54 @@ def test_a_longer_prefix_on_disk_wins_over_a_shorter_one_in_ram(tmp_path: Path) 
     hit = c.lookup([1, 2, 3, 4, 5, 6, 7, 8], limit=7, better_than=0)
     assert hit is not None and (hit.tier, hit.n_tokens) == ("disk", 7)
     c.close()
+
+
+def test_a_chats_later_state_is_written_into_the_memory_of_its_earlier_one() -> None:
+    c = cache(None)
+    earlier = bytearray(b"a" * 10)
+    c.save([1, 2, 3, 4, 5], earlier)
+    c.save([7, 7, 7, 7, 7], bytearray(b"b" * 10))
+    assert c.reusable_buffer([9, 9, 9, 9, 9, 9]) is None  # supersedes nothing: fresh memory
+    buf = c.reusable_buffer([1, 2, 3, 4, 5, 6, 7])
+    assert buf is earlier  # the very block, not a copy
+    # It left RAM: the new state restores all it did, and its bytes are about to be overwritten.
+    assert c.lookup([1, 2, 3, 4, 5, 9], limit=5, better_than=0) is None
+    assert (c.stats.ram.entries, c.stats.ram.bytes) == (1, 10)
+
+
+def test_the_state_about_to_be_restored_is_never_written_over() -> None:
+    c = cache(None)
+    c.save([1, 2, 3, 4, 5], bytearray(10))
+    hit = c.lookup([1, 2, 3, 4, 5, 9], limit=5, better_than=0)
+    assert hit is not None
+    assert c.reusable_buffer([1, 2, 3, 4, 5, 6], keep=hit.entry) is None
+    assert c.stats.ram.entries == 1
+
+
+def test_a_state_the_disk_writer_still_holds_is_never_written_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, release = threading.Event(), threading.Event()
+    write = DiskTier._write
+
+    def slow_write(self: DiskTier, e: Entry) -> None:
+        writing.set()
+        release.wait(10)
+        write(self, e)
+
+    monkeypatch.setattr(DiskTier, "_write", slow_write)
+    c = cache(tmp_path)
+    c.save([1, 2, 3, 4, 5], bytearray(b"a" * 10))
+    assert writing.wait(10)
+    assert c.reusable_buffer([1, 2, 3, 4, 5, 6]) is None  # the file would get the new state's bytes
+    release.set()
+    c.close()  # the write is done
+    buf = c.reusable_buffer([1, 2, 3, 4, 5, 6])
+    assert buf == bytearray(b"a" * 10)
+    restarted = cache(tmp_path)
+    hit = restarted.lookup([1, 2, 3, 4, 5, 9], limit=5, better_than=0)
+    assert hit is not None and hit.tier == "disk" and hit.entry.data == bytearray(b"a" * 10)
+    restarted.close()
 
 
 def test_restore_times_fall_in_their_buckets() -> None:

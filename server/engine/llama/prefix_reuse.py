@@ -23,6 +23,7 @@ from server.engine.llama.seq_state import restore_seq, save_seq
 from server.engine.llama.slots import Slot
 from server.engine.prompt_cache.cache import Hit, PromptCache
 from server.engine.prompt_cache.keys import common_prefix
+from server.engine.prompt_cache.ram import Entry
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def reuse_prefix(
     started = time.perf_counter()
     hit = cache.lookup(prompt, limit, better_than=best) if cache and cache.worth_looking(limit - best) else None
     if cache is not None and (own < len(s.kv) or donor or hit) and cache.worth_saving(s.kv):
-        save_to_cache(ctx, s, cache)
+        save_to_cache(ctx, s, cache, keep=hit.entry if hit is not None else None)
     if hit is not None and cache is not None:
         if _restore(ctx, mem, s, hit):
             cache.restored(hit.n_tokens, time.perf_counter() - started)
@@ -77,8 +78,10 @@ def slot_loss(s: Slot, prompt: list[int], cache: PromptCache | None) -> int:
     return lost
 
 
-def save_to_cache(ctx: Any, s: Slot, cache: PromptCache) -> None:
-    data = save_seq(ctx, s.seq_id)
+def save_to_cache(ctx: Any, s: Slot, cache: PromptCache, *, keep: Entry | None = None) -> None:
+    # The state of this chat's earlier turn (the one the slot was restored from) is superseded by
+    # this one: its memory takes the new copy. ``keep`` is the state about to be restored.
+    data = save_seq(ctx, s.seq_id, into=cache.reusable_buffer(s.kv, keep=keep))
     if data is None:
         log.debug("llama.cpp gave no state for slot %d; its %d tokens are not cached", s.seq_id, len(s.kv))
         return

@@ -21,17 +21,33 @@ HEAD_BYTES = 8 * 2**20
 STATE_FORMAT = 1  # bump when the saved bytes change meaning
 
 
-def save_seq(ctx: Any, seq_id: int) -> bytearray | None:
-    """A copy of the sequence's state, or None when llama.cpp gives none."""
+def save_seq(ctx: Any, seq_id: int, into: bytearray | None = None) -> bytearray | None:
+    """A copy of the sequence's state, or None when llama.cpp gives none.
+
+    ``into``, when given, is a buffer nobody else reads any more: it is resized and written over
+    (CPython keeps the block when it shrinks, and grows a large one in place), so the copy lands
+    in pages this process already holds instead of tens of MB of fresh ones.
+    """
     size = int(llama_cpp.llama_state_seq_get_size(ctx, seq_id))
     if size <= 0:
         return None
-    data = bytearray(size)
+    data = _sized(into, size) if into is not None else bytearray(size)
     written = int(llama_cpp.llama_state_seq_get_data(ctx, (ctypes.c_uint8 * size).from_buffer(data), size, seq_id))
     if written <= 0:
         return None
     del data[written:]
     return data
+
+
+def _sized(buf: bytearray, size: int) -> bytearray:
+    try:
+        if len(buf) > size:
+            del buf[size:]
+        elif len(buf) < size:
+            buf.extend(bytes(size - len(buf)))
+    except BufferError:  # someone still holds a view of it after all: take fresh memory
+        return bytearray(size)
+    return buf
 
 
 def restore_seq(ctx: Any, seq_id: int, data: bytearray) -> bool:

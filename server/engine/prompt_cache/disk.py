@@ -71,6 +71,7 @@ class DiskTier:
         self._bytes = 0
         self._lock = threading.Lock()
         self._pending: queue.Queue[Entry | None] = queue.Queue(max_pending)
+        self._writing: set[str] = set()  # keys queued or being written: their bytes must stay as they are
         self.writable = True
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +121,18 @@ class DiskTier:
             if entry.key in self._index:
                 self._index.move_to_end(entry.key)
                 return
+            self._writing.add(entry.key)
         try:
             self._pending.put_nowait(entry)
         except queue.Full:
+            with self._lock:
+                self._writing.discard(entry.key)
             log.debug("prompt cache writer is behind; not writing a %d-token state", len(entry.tokens))
+
+    def is_writing(self, key: str) -> bool:
+        """True while the state filed under ``key`` waits for the writer or is being written."""
+        with self._lock:
+            return key in self._writing
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the pending writes (for up to ``timeout`` seconds) and stop the writer."""
@@ -197,8 +206,12 @@ class DiskTier:
 
     def _write_loop(self) -> None:
         while (entry := self._pending.get()) is not None:
-            if self.writable:
-                self._write(entry)
+            try:
+                if self.writable:
+                    self._write(entry)
+            finally:
+                with self._lock:
+                    self._writing.discard(entry.key)
 
     def _write(self, entry: Entry) -> None:
         size = file_size(len(entry.tokens), entry.size)

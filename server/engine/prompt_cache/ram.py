@@ -79,6 +79,16 @@ class RamTier:
     def touch(self, key: str) -> None:
         self._entries.move_to_end(key)
 
+    def prefixes_of(self, tokens: list[int]) -> list[Entry]:
+        """The entries whose tokens are a prefix of ``tokens`` (a state of ``tokens`` supersedes them)."""
+        return [e for e in self._entries.values() if is_prefix(e.tokens, tokens)]
+
+    def pop(self, key: str) -> Entry:
+        """Take the entry out; its bytes are the caller's from now on."""
+        old = self._entries[key]
+        self._remove(key)
+        return old
+
     def _remove(self, key: str) -> None:
         old = self._entries.pop(key)
         self.bytes_used -= old.size
