@@ -192,6 +192,10 @@ class Scheduler:
             handle = RequestHandle(next(self._ids), loop, self._cancel)
             now = time.monotonic()
             seq = _Sequence(request, handle, now, TextStream(request.stop), queued_at=now)
+            if not self.has_work:
+                # Idle is not stuck: the engine owes a step from now, not since its last one (the
+                # engine thread may take a while to wake on a loaded machine).
+                self.last_step_finished = now
             self._shared.waiting.push(seq)
             self._shared.queue_changed = True
             if request.progress:

@@ -188,3 +188,17 @@ async def test_a_new_prompt_takes_the_slot_that_loses_nothing_before_the_least_r
         assert isinstance(fin, FinishEvent) and fin.cached_tokens == len("conversation a")
     finally:
         s.stop()
+
+
+async def test_work_arriving_after_a_long_idle_counts_the_liveness_clock_from_its_arrival(engine: FakeEngine) -> None:
+    # The engine thread is not running here, as one slow to wake on a loaded machine: liveness
+    # must not take the time it idled before the request for a step it failed to finish.
+    s = Scheduler(engine, max_queue=2)
+    s.last_step_finished -= 60.0
+    before = s.last_step_finished
+    handle = s.submit(request())
+    assert s.has_work and s.last_step_finished - before >= 59.0
+    busy_since = s.last_step_finished
+    s.submit(request())  # work was owed already: the clock is not reset by more of it
+    assert s.last_step_finished == busy_since
+    handle.cancel()
