@@ -3,7 +3,6 @@ model reads (``/apply-template`` shows it, and chat generates from the same text
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import openai
@@ -11,21 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from server.engine.base import SamplingParams
-from server.engine.fake import FakeEngine
+from tests.helpers.recording_engine import RecordingEngine
 
 USER = {"role": "user", "content": "Capital of France?"}
 PREFILL = {"role": "assistant", "content": "The capital is"}
-
-
-class RecordingEngine(FakeEngine):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.prompts: list[str] = []
-
-    def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        self.prompts.append(bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace"))
-        return super().begin(slot, prompt, params)
 
 
 @pytest.fixture

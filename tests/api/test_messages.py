@@ -7,7 +7,7 @@ the prompt the engine was given is read back, so the tests state what a model is
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -15,10 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.api.app import create_app
-from server.engine.base import SamplingParams
-from server.engine.fake import FakeEngine
 from server.settings import Settings
 from tests.helpers.anthropic_wire import wire_hook
+from tests.helpers.recording_engine import RecordingEngine
 
 MODEL = "fake-model"
 USER = {"role": "user", "content": "Capital of France?"}
@@ -42,20 +41,6 @@ def reply(prompt: str) -> str:
     if "You can call these tools" in prompt and "weather" in prompt.split("<|im_start|>user")[-1]:
         return CALL
     return "Paris is the capital of France."
-
-
-class RecordingEngine(FakeEngine):
-    """The fake engine, remembering each prompt (as text) and its sampling settings."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.prompts: list[str] = []
-        self.params: list[SamplingParams] = []
-
-    def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        self.prompts.append(bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace"))
-        self.params.append(params)
-        return super().begin(slot, prompt, params)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ back, so the tests state what a model is shown.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -18,12 +18,11 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from server.api.app import create_app
-from server.engine.base import SamplingParams
-from server.engine.fake import FakeEngine
 from server.protocol.responses import ResponseCreateRequest
 from server.services.pipeline import ANONYMOUS
 from server.settings import Settings
 from tests.api.conftest import spec_hook
+from tests.helpers.recording_engine import RecordingEngine
 from tests.spec.openapi import OpenAISpec
 
 MODEL = "fake-model"
@@ -52,20 +51,6 @@ def reply(prompt: str) -> str:
     if "My name is" in prompt and "name?" in last_user:
         return "Your name is Ada."
     return "Hello there, friend."
-
-
-class RecordingEngine(FakeEngine):
-    """The fake engine, remembering each prompt (as text) and its sampling settings."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.prompts: list[str] = []
-        self.params: list[SamplingParams] = []
-
-    def begin(self, slot: int, prompt: Sequence[int], params: SamplingParams) -> int:
-        self.prompts.append(bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace"))
-        self.params.append(params)
-        return super().begin(slot, prompt, params)
 
 
 @pytest.fixture
