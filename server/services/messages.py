@@ -31,7 +31,7 @@ from server.services.messages_prompt import (
     function_tools,
     openai_tool_choice,
 )
-from server.services.pipeline import Pipeline
+from server.services.pipeline import ANONYMOUS, Caller, Pipeline
 
 
 class MessagesService:
@@ -59,7 +59,7 @@ class MessagesService:
     async def count_tokens(self, req: MessagesInput) -> MessageTokensCount:
         return await self.pipeline.off_loop(lambda: self.count(req))
 
-    def prepare(self, req: MessageCreateRequest, request_id: str) -> PreparedMessages:
+    def prepare(self, req: MessageCreateRequest, request_id: str, caller: Caller = ANONYMOUS) -> PreparedMessages:
         check_create(req, self.pipeline.limits)
         tokens, plan = self._prompt(req)
         grammar, grammar_param = _grammar(req, plan)
@@ -82,12 +82,13 @@ class MessagesService:
             top_logprobs=None,
             grammar=grammar,
             grammar_param=grammar_param,
+            caller=caller,  # the key's share of the queue and its default priority, as on chat
         )
         return PreparedMessages(generation, plan, bool(req.stream))
 
-    async def start(self, req: MessageCreateRequest, request_id: str) -> MessagesGeneration:
+    async def start(self, req: MessageCreateRequest, request_id: str, caller: Caller = ANONYMOUS) -> MessagesGeneration:
         """Prepare (off the event loop) and submit; every refusal is raised before any output."""
-        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id))
+        prepared = await self.pipeline.off_loop(lambda: self.prepare(req, request_id, caller))
         return MessagesGeneration(self.pipeline, prepared, self.pipeline.submit(prepared.generation))
 
 

@@ -81,3 +81,14 @@ def test_max_queue_per_key_answers_429_with_retry_after_and_other_keys_still_que
                 time.sleep(0.01)
             text = c.get("/metrics", headers=auth(UI_KEY)).text
             assert UI_KEY not in text and BATCH_KEY not in text  # keys appear as their hash only
+
+
+def test_messages_requests_take_their_keys_default_priority_and_share() -> None:
+    # Anthropic's SDK sends its key in x-api-key; the key's priority and per-key queue apply there too.
+    with app_client(max_queue_per_key=2) as c:
+        body = {"model": "m", "max_tokens": 1, "messages": MESSAGES}
+        headers = {"x-api-key": BATCH_KEY, "anthropic-version": "2023-06-01"}
+        assert c.post("/v1/messages", json=body, headers=headers).status_code == 200
+        count = "llamaserve_request_queue_time_seconds_count"
+        assert sample(c, count, model="fake-model", priority="low") == 1  # the batch key's 10, not 0
+        assert sample(c, count, model="fake-model", priority="normal") in (None, 0)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from server.api.routes.models import model_for, new_request_id
+from server.api.routes.models import caller_of, model_for, new_request_id
 from server.api.streaming import anthropic_events, respond
 from server.protocol.anthropic import Message, MessageCreateRequest, MessagesInput, MessageTokensCount
 
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1")
 @router.post("/messages", response_model=Message)
 async def create_message(body: MessageCreateRequest, request: Request) -> Any:
     model = await model_for(request, body.model)
-    generation = await model.messages.start(body, new_request_id("msg").replace("-", "_"))
+    generation = await model.messages.start(body, new_request_id("msg").replace("-", "_"), caller_of(request))
     return await respond(request, generation, framing=anthropic_events)
 
 
