@@ -43,6 +43,7 @@ from server.protocol.anthropic import (
     UnsupportedBlock,
 )
 from server.services.limits import RequestLimits, check_message_count, first_unencodable_string, json_depth_exceeds
+from server.services.turns import append_turn
 
 # Claude Code puts a per-request attribution line first in the system prompt; it changes on every
 # request, so left in it would sit at token 0 and defeat prefix-cache reuse between turns.
@@ -120,16 +121,6 @@ def _assistant_turn(blocks: Sequence[Any], where: str) -> ChatMessage:
     return ChatMessage(role="assistant", content=BLOCK_SEPARATOR.join(texts), tool_calls=calls or None)
 
 
-def _merged(out: list[ChatMessage], message: ChatMessage) -> None:
-    last = out[-1] if out else None
-    if last is None or last.role != message.role or message.role not in ("user", "assistant"):
-        out.append(message)
-        return
-    content = BLOCK_SEPARATOR.join(c for c in (last.content, message.content) if isinstance(c, str) and c)
-    calls = [*(last.tool_calls or []), *(message.tool_calls or [])] or None
-    out[-1] = last.model_copy(update={"content": content, "tool_calls": calls})
-
-
 def chat_messages(req: MessagesInput) -> list[ChatMessage]:
     """The conversation as chat messages, the system prompt first (a 400 for what cannot be read)."""
     system = [] if req.system is None else _as_blocks(req.system)
@@ -142,9 +133,9 @@ def chat_messages(req: MessagesInput) -> list[ChatMessage]:
             system_parts.append(_system_text(blocks, where))
         elif m.role == "user":
             for message in _user_turn(blocks, where):
-                _merged(out, message)
+                append_turn(out, message)
         else:
-            _merged(out, _assistant_turn(blocks, where))
+            append_turn(out, _assistant_turn(blocks, where))
     if not out:
         raise InvalidRequestError("'messages' holds no user turn.", param="messages")
     last, at = out[-1], f"messages[{len(req.messages) - 1}]"

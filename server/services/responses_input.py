@@ -44,6 +44,7 @@ from server.protocol.responses import (
     UnsupportedPart,
 )
 from server.services.limits import RequestLimits, first_unencodable_string, json_depth_exceeds, refuse_unsupported
+from server.services.turns import append_turn
 
 SEPARATOR = "\n\n"
 _ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
@@ -187,17 +188,6 @@ def _text(content: str | Sequence[InputText | OutputText | Refusal | Unsupported
     return "".join(p.refusal if isinstance(p, Refusal) else str(getattr(p, "text", "")) for p in content)
 
 
-def _merged(out: list[ChatMessage], message: ChatMessage) -> None:
-    last = out[-1] if out else None
-    if last is None or last.role != message.role or message.role not in ("user", "assistant"):
-        out.append(message)
-        return
-    content = SEPARATOR.join(c for c in (last.content, message.content) if isinstance(c, str) and c)
-    calls = [*(last.tool_calls or []), *(message.tool_calls or [])] or None
-    reasoning = last.reasoning_content or message.reasoning_content
-    out[-1] = last.model_copy(update={"content": content, "tool_calls": calls, "reasoning_content": reasoning})
-
-
 def chat_messages(instructions: str | None, items: Sequence[InputItem]) -> list[ChatMessage]:
     """The conversation as chat messages, the system prompt first."""
     system = [instructions] if instructions else []
@@ -222,7 +212,7 @@ def chat_messages(instructions: str | None, items: Sequence[InputItem]) -> list[
             continue
         if message.role == "assistant" and thought:
             message.reasoning_content, thought = thought, None
-        _merged(out, message)
+        append_turn(out, message)
     text = SEPARATOR.join(p for p in system if p)
     return [ChatMessage(role="system", content=text), *out] if text else out
 
