@@ -120,8 +120,13 @@ def check_memory(models: list[CheckedModel], max_loaded: int, available: int | N
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind now, so a taken port fails before the model loads; uvicorn serves on this socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+    # connections whose socket says TCP, and accepted connections inherit the listener's. With Nagle
+    # on, a keep-alive client (the openai SDK) saw each stream's first chunks held back ~40 ms, until
+    # its delayed ACK of the response headers came.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
