@@ -3,9 +3,8 @@
 Left to itself, uvicorn answers SIGTERM by closing its listening socket at once
 (new clients get "connection refused", not a 503), waits for open connections
 with no limit, and finally raises the signal again, so the process dies by
-SIGTERM instead of exiting 0. sse-starlette, for its part, cancels every open
-stream as soon as uvicorn's ``should_exit`` is set, so a stream would end with
-no final event at all.
+SIGTERM instead of exiting 0. (Our streams, :mod:`server.api.sse`, ignore
+``should_exit``: they end with the request, so none is cut without a final event.)
 
 :class:`GracefulServer` changes the order. On the first signal it :func:`drain`\\ s:
 
@@ -78,10 +77,6 @@ class GracefulServer(uvicorn.Server):
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._hurry = asyncio.Event()
-        # Our drain ends the streams itself, with a final event; sse-starlette must not cut them first.
-        from sse_starlette.sse import AppStatus
-
-        AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
         await super().serve(sockets)
 
     @contextlib.contextmanager

@@ -13,18 +13,18 @@ started is an ``error`` event in the route family's error shape.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sse_starlette.sse import EventSourceResponse
 
 from server.api.error_handlers import ANTHROPIC_PREFIXES, error_body
+from server.api.sse import EventStream
 from server.errors import LlamaserveError
-from server.services.pipeline import Generation, StreamComment, StreamItem
+from server.services.encoded_chunks import dumps as _dumps
+from server.services.pipeline import EncodedChunk, Generation, StreamComment, StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,14 @@ KEEPALIVE_SECONDS = 10
 DISCONNECT_POLL_SECONDS = 0.05
 
 T = TypeVar("T")
-Framing = Callable[[AsyncIterator[StreamItem]], AsyncIterator[dict[str, str]]]
+Framing = Callable[[AsyncIterator[StreamItem]], AsyncIterator[bytes]]
 
 
 async def respond(
     request: Request, generation: Generation[T], *, framing: Framing | None = None
-) -> T | EventSourceResponse | JSONResponse:
+) -> T | EventStream | JSONResponse:
     if generation.streaming:
-        events = (framing or openai_events)(generation.chunks())
-        return EventSourceResponse(events, ping=KEEPALIVE_SECONDS, sep="\n")
+        return EventStream((framing or openai_events)(generation.chunks()), ping_seconds=KEEPALIVE_SECONDS)
     return await _unless_disconnected(request, generation)
 
 
@@ -70,9 +69,17 @@ async def _unless_disconnected(request: Request, generation: Generation[T]) -> T
     return result
 
 
-def _dumps(value: object) -> str:
-    # Serialised once, straight to the data line.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _data(json_text: str) -> bytes:
+    # One event per JSON text; json.dumps never writes a raw newline, so one data line holds it.
+    return b"data: " + json_text.encode() + b"\n\n"
+
+
+def _named(name: str, json_text: str) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + json_text.encode() + b"\n\n"
+
+
+def _comment(text: str) -> bytes:
+    return b"".join(b": " + line.encode() + b"\n" for line in text.split("\n")) + b"\n"
 
 
 async def _until_error(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem | LlamaserveError]:
@@ -87,40 +94,40 @@ async def _until_error(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[Strea
         yield LlamaserveError("The server had an internal error.")
 
 
-async def openai_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
+async def openai_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
     async for item in _until_error(chunks):
         if isinstance(item, StreamComment):  # our include_progress extension: clients skip comments
-            yield {"comment": item.text}
+            yield _comment(item.text)
             continue
         if isinstance(item, LlamaserveError):
             # The openai SDK raises APIError for a data line with an "error" key; then the stream closes.
-            yield {"event": "error", "data": json.dumps(error_body(item, "/v1"))}
+            yield _named("error", _dumps(error_body(item, "/v1")))
             return
-        yield {"data": _dumps(item)}
-    yield {"data": "[DONE]"}
+        yield _data(item.json if isinstance(item, EncodedChunk) else _dumps(item))
+    yield b"data: [DONE]\n\n"
 
 
-async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
+async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
     """Each chunk is one event whose ``type`` names it; the anthropic SDK skips unnamed events."""
     async for item in _until_error(chunks):
-        if isinstance(item, StreamComment):  # never made for Messages, which has no include_progress
+        if isinstance(item, StreamComment | EncodedChunk):  # never made for Messages: no progress, no fast path
             continue
         if isinstance(item, LlamaserveError):
-            yield {"event": "error", "data": _dumps(error_body(item, ANTHROPIC_PREFIXES[0]))}
+            yield _named("error", _dumps(error_body(item, ANTHROPIC_PREFIXES[0])))
             return
-        yield {"event": str(item["type"]), "data": _dumps(item)}
+        yield _named(str(item["type"]), _dumps(item))
 
 
-async def responses_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[dict[str, str]]:
+async def responses_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
     """Each chunk is one named event; the service reports generation errors in-band itself, so what
     arrives here (a failed store write, a bug) becomes the Responses ``error`` event and ends it."""
     sequence = 0
     async for item in _until_error(chunks):
-        if isinstance(item, StreamComment):  # never made for Responses, which has no include_progress
+        if isinstance(item, StreamComment | EncodedChunk):  # never made for Responses: no progress, no fast path
             continue
         if isinstance(item, LlamaserveError):
             error = {"type": "error", "code": item.code, "message": item.message, "param": item.param}
-            yield {"event": "error", "data": _dumps({**error, "sequence_number": sequence})}
+            yield _named("error", _dumps({**error, "sequence_number": sequence}))
             return
         sequence = int(str(item["sequence_number"])) + 1
-        yield {"event": str(item["type"]), "data": _dumps(item)}
+        yield _named(str(item["type"]), _dumps(item))

@@ -38,6 +38,7 @@ from server.protocol import (
     Usage,
 )
 from server.runtime.events import FinishEvent, PrefillEvent, QueuedEvent, TokenEvent
+from server.services.encoded_chunks import TextChunks
 from server.services.limits import check_chat_request, refuse_unsupported
 from server.services.pipeline import (
     ANONYMOUS,
@@ -334,6 +335,9 @@ class ChatGeneration(Submitted[PreparedChat]):
         for i in range(n):
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         finishes: list[FinishEvent | None] = [None] * n
+        text_chunks = TextChunks(
+            lambda i, text: self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(content=text))])
+        )
         async for i, ev in self._pipeline.stream_events(p.generation, self._handles):
             if isinstance(ev, QueuedEvent | PrefillEvent):
                 yield progress_comment(i, ev)
@@ -346,7 +350,10 @@ class ChatGeneration(Submitted[PreparedChat]):
                     first = deltas.pop(0) if deltas else ChunkDelta(content="")
                     yield self._chunk(created, [ChunkChoice(index=i, delta=first, logprobs=lp)])
                 for d in deltas:
-                    yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
+                    if _text_only(d):
+                        yield text_chunks.encode(i, cast("str", d.content))
+                    else:
+                        yield self._chunk(created, [ChunkChoice(index=i, delta=d)])
                 continue
             finishes[i] = ev
             deltas, made_calls = _split_finish(splitter, streamers[i], ev.text)
@@ -360,6 +367,11 @@ class ChatGeneration(Submitted[PreparedChat]):
 
 
 Streamer = ChoiceStreamer | ToolChoiceStreamer
+
+
+def _text_only(d: ChunkDelta) -> bool:
+    # Any other field given (a new one too) takes the slow path, which knows how to write it.
+    return d.content is not None and d.model_fields_set == {"content"}
 
 
 def _split_push(splitter: ReasoningSplitter | None, streamer: Streamer, text: str) -> list[ChunkDelta]:

@@ -21,6 +21,7 @@ from server.protocol import (
     Usage,
 )
 from server.runtime.events import FinishEvent, PrefillEvent, QueuedEvent, TokenEvent
+from server.services.encoded_chunks import TextChunks
 from server.services.limits import check_generation_fields, refuse_unsupported
 from server.services.pipeline import (
     ANONYMOUS,
@@ -179,6 +180,7 @@ class CompletionGeneration(Submitted[PreparedCompletion]):
                 Completion, p.generation.request_id, created, choices, usage, include_usage=p.include_usage
             )
 
+        text_chunks = TextChunks(lambda i, text: chunk([CompletionChoice(text=text, index=i, finish_reason=None)]))
         choices = self._choices()
         if p.echo:
             for i, c in enumerate(choices):
@@ -198,8 +200,10 @@ class CompletionGeneration(Submitted[PreparedCompletion]):
                         c.logprobs = CompletionLogprobs()
                         self._add_logprobs(c, ev)
                         lp = c.logprobs
-                    if ev.text or lp is not None:
+                    if lp is not None:
                         yield chunk([CompletionChoice(text=ev.text, index=i, logprobs=lp, finish_reason=None)])
+                    elif ev.text:
+                        yield text_chunks.encode(i, ev.text)
                     continue
                 c.finish = ev
                 yield chunk([CompletionChoice(text=ev.text, index=i, finish_reason=pipe.finish_reason(ev.reason))])

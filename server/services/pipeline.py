@@ -118,7 +118,14 @@ class StreamComment:
     text: str
 
 
-StreamItem = Chunk | StreamComment
+@dataclass(frozen=True, slots=True)
+class EncodedChunk:
+    """A chunk already serialised to JSON (:mod:`server.services.encoded_chunks`), written as it is."""
+
+    json: str
+
+
+StreamItem = Chunk | StreamComment | EncodedChunk
 
 
 def wants_progress(req: SamplingFields) -> bool:
