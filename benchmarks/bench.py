@@ -257,8 +257,12 @@ def _compare(url: str, args: argparse.Namespace, levels: list[int]) -> dict[str,
     from server.engine.llama.model_files import bundled_model_path
 
     compared = sorted({1, max(levels)})
-    with llama_server(args.compare_llama_server, str(bundled_model_path()), max(levels), 1024) as theirs:
-        return compare(url, theirs, compared, args.compare_rounds, args.rounds, args.max_tokens)
+    with (
+        spawned_server(max(levels), ["--no-kv-unified"]) as per_slot,
+        llama_server(args.compare_llama_server, str(bundled_model_path()), max(levels), 1024) as theirs,
+    ):
+        ours = {"unified KV": url, "KV per slot": per_slot}
+        return compare(ours, theirs, compared, args.compare_rounds, args.rounds, args.max_tokens)
 
 
 def _scenarios(out: dict[str, object], args: argparse.Namespace) -> None:

@@ -64,6 +64,7 @@ def load_llama_engine(settings: Settings) -> Engine:
         tensor_split=settings.tensor_split,
         on_worker_lost=exit_for_lost_worker,
         fair_prefill=settings.fair_prefill,
+        kv_unified=settings.kv_unified,
         prompt_cache=cache,
     )
     info = engine.info

@@ -226,3 +226,13 @@ def test_duplicate_aliases_are_refused(tmp_path: Path) -> None:
     config = write(tmp_path, '[[models]]\nalias = "a"\n[[models]]\nalias = "a"\nctx_size = 5\n')
     with pytest.raises(ConfigError, match="share the alias 'a'"):
         load(config_file=config)
+
+
+def test_the_kv_pool_is_unified_unless_turned_off_by_flag_env_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load().kv_unified is True
+    assert load({"kv_unified": False}).kv_unified is False
+    assert load({}, write(tmp_path, "kv_unified = false\n")).kv_unified is False
+    monkeypatch.setenv("LLAMASERVE_KV_UNIFIED", "false")
+    assert load().kv_unified is False
