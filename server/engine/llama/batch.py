@@ -1,7 +1,7 @@
 """What goes into one decode: the engine's one ``llama_batch`` and the plan that fills it.
 
-Generating slots come first, one token each, then chunks of pending prompts in what room
-is left (chunked prefill), so a long new prompt never stalls a running stream. The room is
+Every generating slot gets one token, and chunks of pending prompts take what room is
+left (chunked prefill), so a long new prompt never stalls a running stream. The room is
 shared among the pending prompts by a :class:`~server.engine.prefill.PrefillPolicy`
 (fair by default: a short prompt that arrives during a long one's prefill is not made to
 wait for all of it; first come, first served when fairness is off).
@@ -76,27 +76,38 @@ def plan_step(
     n_ctx_seq: int,
     policy: PrefillPolicy | None = None,
 ) -> Plan:
-    """Fill ``batch`` for one step; the slots themselves are not changed (``policy`` takes its turn)."""
+    """Fill ``batch`` for one step; the slots themselves are not changed (``policy`` takes its turn).
+
+    Rows go in sequence order, each slot's tokens together: with a KV pool per slot
+    (``kv_unified`` off) llama.cpp cuts a batch into micro-batches of consecutive sequences, so
+    any other order would cost it more graph computes; the unified pool does not mind.
+    """
     plan = Plan()
+    decoding = {s for s in slots if s.next_token is not None and len(s.kv) < n_ctx_seq}  # a full slot waits
+    room = batch.capacity - len(decoding)
+    takes: dict[Slot, int] = {}
+    if prefill_order and room > 0:
+        needs = [len(s.prompt) - s.prompt_done for s in prefill_order]
+        shares = (policy or PrefillPolicy(fair=False)).shares(room, needs)
+        takes = {s: take for s, take in zip(prefill_order, shares, strict=True) if take > 0}
     for s in slots:
-        if s.next_token is not None and len(s.kv) < n_ctx_seq:  # a full slot is never scheduled
-            n = plan.n
-            batch.token[n] = s.next_token
-            batch.pos[n] = len(s.kv)
-            batch.logits[n] = 1
-            batch.set_seq(n, s.seq_id)
-            plan.decoding.append((s, s.next_token))
-            plan.sample_at.append((s, n))
-            plan.n += 1
-    room = batch.capacity - plan.n
-    if not prefill_order or room <= 0:
-        return plan
-    needs = [len(s.prompt) - s.prompt_done for s in prefill_order]
-    takes = (policy or PrefillPolicy(fair=False)).shares(room, needs)
-    for s, take in zip(prefill_order, takes, strict=True):
-        if take > 0:
-            _add_chunk(batch, plan, s, take)
+        if s in decoding:
+            _add_token(batch, plan, s)
+        elif s in takes:
+            _add_chunk(batch, plan, s, takes[s])
     return plan
+
+
+def _add_token(batch: TokenBatch, plan: Plan, s: Slot) -> None:
+    assert s.next_token is not None
+    n = plan.n
+    batch.token[n] = s.next_token
+    batch.pos[n] = len(s.kv)
+    batch.logits[n] = 1
+    batch.set_seq(n, s.seq_id)
+    plan.decoding.append((s, s.next_token))
+    plan.sample_at.append((s, n))
+    plan.n += 1
 
 
 def _add_chunk(batch: TokenBatch, plan: Plan, s: Slot, take: int) -> None:
