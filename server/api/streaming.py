@@ -110,11 +110,14 @@ async def openai_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[byte
 async def anthropic_events(chunks: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
     """Each chunk is one event whose ``type`` names it; the anthropic SDK skips unnamed events."""
     async for item in _until_error(chunks):
-        if isinstance(item, StreamComment | EncodedChunk):  # never made for Messages: no progress, no fast path
+        if isinstance(item, StreamComment):  # never made for Messages, which has no include_progress
             continue
         if isinstance(item, LlamaserveError):
             yield _named("error", _dumps(error_body(item, ANTHROPIC_PREFIXES[0])))
             return
+        if isinstance(item, EncodedChunk):
+            yield _named(item.event or "", item.json)
+            continue
         yield _named(str(item["type"]), _dumps(item))
 
 

@@ -25,14 +25,16 @@ def dumps(value: object) -> str:
 
 
 class TextChunks:
-    """Per choice index, the JSON around a text-only chunk's text, made once by ``render``.
+    """Per index (a choice's, or a content block's), the JSON around a text-only chunk's text,
+    made once by ``render``.
 
-    ``render(index, text)`` is the slow path: the chunk dict for choice ``index`` carrying
-    ``text``, built through the wire models.
+    ``render(index, text)`` is the slow path: the chunk dict for ``index`` carrying ``text``,
+    built through the wire models. ``event`` names the SSE event, where the API names them.
     """
 
-    def __init__(self, render: Callable[[int, str], Chunk]) -> None:
+    def __init__(self, render: Callable[[int, str], Chunk], *, event: str | None = None) -> None:
         self._render = render
+        self._event = event
         self._around: dict[int, tuple[str, str]] = {}
 
     def encode(self, index: int, text: str) -> EncodedChunk:
@@ -44,4 +46,4 @@ class TextChunks:
                 raise ValueError("the chunk must carry the text exactly once")
             before, after = whole.split(marker)
             around = self._around[index] = (before, after)
-        return EncodedChunk(around[0] + json.dumps(text, ensure_ascii=False) + around[1])
+        return EncodedChunk(around[0] + json.dumps(text, ensure_ascii=False) + around[1], self._event)

@@ -43,7 +43,8 @@ from server.protocol.anthropic import (
 )
 from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
-from server.services.pipeline import Chunk, Pipeline, PreparedGeneration, Submitted
+from server.services.encoded_chunks import TextChunks
+from server.services.pipeline import Chunk, Pipeline, PreparedGeneration, StreamItem, Submitted
 from server.services.tool_stream import choice_streamer
 
 
@@ -108,7 +109,7 @@ class MessagesGeneration(Submitted[PreparedMessages]):
             usage=message_usage(pipe.usage(p.generation, [finish])),
         )
 
-    def chunks(self) -> AsyncIterator[Chunk]:
+    def chunks(self) -> AsyncIterator[StreamItem]:
         return message_events(self._pipeline, self.prepared.generation, self.prepared.plan, self._handles)
 
 
@@ -118,6 +119,10 @@ class _Blocks:
     def __init__(self) -> None:
         self.index = -1
         self.open: str | None = None
+        self._text = TextChunks(
+            lambda i, text: ContentBlockDeltaEvent(index=i, delta=TextDelta(text=text)).model_dump(),
+            event="content_block_delta",
+        )
 
     def _start(self, block: ContentBlock) -> list[Chunk]:
         out = self.close()
@@ -128,12 +133,12 @@ class _Blocks:
     def _delta(self, delta: TextDelta | InputJsonDelta) -> Chunk:
         return ContentBlockDeltaEvent(index=self.index, delta=delta).model_dump()
 
-    def feed(self, delta: ChunkDelta) -> list[Chunk]:
-        out: list[Chunk] = []
+    def feed(self, delta: ChunkDelta) -> list[StreamItem]:
+        out: list[StreamItem] = []
         if delta.content:
             if self.open != "text":
                 out += self._start(TextBlock(text=""))
-            out.append(self._delta(TextDelta(text=delta.content)))
+            out.append(self._text.encode(self.index, delta.content))
         for call in delta.tool_calls or []:
             fn = call.function
             if call.id is not None:  # a new call: its id and name come first
@@ -151,7 +156,7 @@ class _Blocks:
 
 async def message_events(
     pipeline: Pipeline, generation: PreparedGeneration, plan: ToolPlan | None, handles: Sequence[RequestHandle]
-) -> AsyncIterator[Chunk]:
+) -> AsyncIterator[StreamItem]:
     """The named events of one streamed reply; errors after the start are raised to the route."""
     start = Message(
         id=generation.request_id,

@@ -123,6 +123,7 @@ class EncodedChunk:
     """A chunk already serialised to JSON (:mod:`server.services.encoded_chunks`), written as it is."""
 
     json: str
+    event: str | None = None  # the SSE event name, for the framings that name every event
 
 
 StreamItem = Chunk | StreamComment | EncodedChunk

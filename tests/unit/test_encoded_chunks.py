@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from server.protocol.anthropic import ContentBlockDeltaEvent, TextDelta
 from server.protocol.openai import ChatCompletionChunk, ChunkChoice, ChunkDelta
 from server.services.encoded_chunks import TextChunks, dumps
 from server.services.pipeline import Chunk
@@ -50,3 +51,14 @@ def test_a_render_that_does_not_carry_the_text_once_is_refused() -> None:
         TextChunks(lambda i, text: {"a": text, "b": text}).encode(0, "x")
     with pytest.raises(ValueError, match="exactly once"):
         TextChunks(lambda i, text: {"a": "fixed"}).encode(0, "x")
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_messages_text_delta_is_the_named_event_the_wire_models_write(text: str) -> None:
+    def slow_delta(index: int, t: str) -> Chunk:
+        return ContentBlockDeltaEvent(index=index, delta=TextDelta(text=t)).model_dump()
+
+    chunks = TextChunks(slow_delta, event="content_block_delta")
+    encoded = chunks.encode(2, text)
+    assert encoded.event == "content_block_delta"
+    assert encoded.json == dumps(slow_delta(2, text))
