@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--preempt-after",
         type=float,
-        default=1.0,
+        default=0.25,
         help="the priority scenario's --preempt-after (default: %(default)s)",
     )
     args = p.parse_args(argv)

@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         default=0, ge=0, description="requests one API key may have waiting before 429 (0 = only --max-queue)"
     )
     preempt_after: float = Field(
-        default=1.0,
+        default=0.25,
         ge=0,
         description="seconds a request of better priority may wait while every slot is busy before the worst "
         "running sequence is paused for it (0 = never preempt)",
