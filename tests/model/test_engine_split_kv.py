@@ -73,13 +73,29 @@ def test_greedy_output_is_the_unified_pools_in_slots_that_are_not_adjacent(
     assert "Rome" in text_of(split, got[3])
 
 
-def test_a_slot_reuses_its_own_prefix_but_cannot_borrow_another_slots_cells(split: LlamaEngine) -> None:
+def test_a_slot_borrows_another_slots_prefix_by_copying_it_and_answers_alike(split: LlamaEngine) -> None:
+    ships = prompt_of(split, SHIPS)
+    want = run(split, {0: GREEDY}, ships, 10)[0]
+    # Another pool: the cells cannot be shared, so slot 0's state is copied into slot 2 and trimmed.
+    assert split.begin(2, ships, GREEDY) == len(ships) - 1
+    split.release(2)
+    assert run(split, {2: GREEDY}, ships, 10)[2] == want
+    assert split.cached_prefix_len(0, ships) == len(ships) - 1  # the donor keeps its cells
+
+
+def test_a_short_shared_prefix_is_computed_rather_than_copied(split: LlamaEngine) -> None:
     france = prompt_of(split)
     run(split, {0: GREEDY}, france, 4)
-    assert split.begin(0, france, GREEDY) == len(france) - 1
-    split.release(0)
-    # Another pool: the prompt is computed again (or restored from the prompt cache, when long enough).
+    assert len(france) - 1 < 16  # fewer tokens than a copy is worth
     assert split.begin(2, france, GREEDY) == 0
+
+
+def test_a_long_donor_is_not_copied_for_a_few_shared_tokens(split: LlamaEngine) -> None:
+    ships, italy = prompt_of(split, SHIPS), prompt_of(split, ITALY)
+    run(split, {0: GREEDY}, ships, 4)
+    shared = next(i for i, (a, b) in enumerate(zip(ships, italy, strict=False)) if a != b)
+    assert 0 < shared < 16  # only the role header: copying ~190 cells to spare it is not worth it
+    assert split.begin(1, italy, GREEDY) == 0
 
 
 def test_the_same_prompt_in_two_slots_is_computed_in_each_and_answers_alike(split: LlamaEngine) -> None:

@@ -3,7 +3,9 @@
 The engine calls :func:`reuse_prefix` when a slot begins a sequence. The longest source wins:
 
 * the slot's own cells, trimmed to the common prefix;
-* with the unified KV cache, another slot's cells, shared (``llama_memory_seq_cp``), not copied;
+* another slot's cells: with the unified KV cache shared (``llama_memory_seq_cp``), not copied;
+  with a KV pool per slot copied (the donor's state written into this slot, then trimmed), when
+  the prefix gained is worth the copy (see :func:`worth_copying`);
 * a state from the prompt cache (:mod:`server.engine.prompt_cache`), written into the slot and
   trimmed to the common prefix.
 
@@ -40,12 +42,11 @@ def reuse_prefix(
     own = common_prefix(s.kv, prompt, limit)
     donor: Slot | None = None
     best = own
-    if kv_unified:
-        for other in slots:
-            if other is not s:
-                n = common_prefix(other.kv, prompt, limit)
-                if n > best:
-                    donor, best = other, n
+    for other in slots:
+        if other is not s:
+            n = common_prefix(other.kv, prompt, limit)
+            if n > best and (kv_unified or worth_copying(n - own, len(other.kv))):
+                donor, best = other, n
     started = time.perf_counter()
     hit = cache.lookup(prompt, limit, better_than=best) if cache and cache.worth_looking(limit - best) else None
     if cache is not None and (own < len(s.kv) or donor or hit) and cache.worth_saving(s.kv):
@@ -58,7 +59,11 @@ def reuse_prefix(
         own = 0  # the slot is empty now
     if donor is not None:
         llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-        llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
+        s.kv = []
+        if kv_unified:
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
+        elif not _copy(ctx, mem, donor, s, best):
+            return 0
         s.kv = prompt[:best]
         return best
     if own < len(s.kv):
@@ -68,6 +73,32 @@ def reuse_prefix(
             own = 0
         del s.kv[own:]
     return own
+
+
+# Copying another pool's sequence costs memory traffic for all its cells, computing a token costs a
+# forward pass: copying pays when it spares at least this share of the cells it moves (and a few
+# tokens at all, or the copy's fixed cost is not worth it).
+_COPY_MIN_GAIN = 16
+_COPY_CELLS_PER_TOKEN_SPARED = 64
+
+
+def worth_copying(gain: int, donor_cells: int) -> bool:
+    """Whether a per-slot pool should copy a donor of ``donor_cells`` cells to spare ``gain`` tokens."""
+    return gain >= _COPY_MIN_GAIN and donor_cells <= gain * _COPY_CELLS_PER_TOKEN_SPARED
+
+
+def _copy(ctx: Any, mem: Any, donor: Slot, s: Slot, n_tokens: int) -> bool:
+    """Write the donor's sequence into the (empty) slot ``s`` and keep its first ``n_tokens``."""
+    data = save_seq(ctx, donor.seq_id)
+    if (
+        data is not None
+        and restore_seq(ctx, s.seq_id, data)
+        and llama_cpp.llama_memory_seq_rm(mem, s.seq_id, n_tokens, -1)
+    ):
+        return True
+    log.debug("could not copy slot %d's %d-token prefix into slot %d; computing it", donor.seq_id, n_tokens, s.seq_id)
+    llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+    return False
 
 
 def slot_loss(s: Slot, prompt: list[int], cache: PromptCache | None) -> int:
