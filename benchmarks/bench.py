@@ -258,10 +258,10 @@ def _compare(url: str, args: argparse.Namespace, levels: list[int]) -> dict[str,
 
     compared = sorted({1, max(levels)})
     with (
-        spawned_server(max(levels), ["--no-kv-unified"]) as per_slot,
+        spawned_server(max(levels), ["--kv-unified"]) as unified,
         llama_server(args.compare_llama_server, str(bundled_model_path()), max(levels), 1024) as theirs,
     ):
-        ours = {"unified KV": url, "KV per slot": per_slot}
+        ours = {"KV per slot": url, "unified KV": unified}
         return compare(ours, theirs, compared, args.compare_rounds, args.rounds, args.max_tokens)
 
 

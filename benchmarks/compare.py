@@ -3,8 +3,8 @@
 Both servers are started on the bundled model with the same slots and per-slot context and the
 same default threads (llama.cpp's: the physical cores), and the same streaming load runs against
 each, interleaved round by round so that the machine's noise falls on both alike. Ours runs twice:
-with its default unified KV pool, and with a pool per slot (``--no-kv-unified``), which is what
-llama-server runs when given ``-np``. Reported per level and layout: aggregate tokens/s, ITL p50
+with its default KV pool per slot (what llama-server runs when given ``-np``), and with one unified
+pool (``--kv-unified``). Reported per level and layout: aggregate tokens/s, ITL p50
 and TTFT p95, each averaged over the rounds, and ours / theirs.
 """
 

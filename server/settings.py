@@ -136,10 +136,9 @@ class Settings(BaseSettings):
         description="share each step's prompt processing among waiting prompts (off: first come, first served)",
     )
     kv_unified: bool = Field(
-        default=True,
-        description="one KV cache pool for all slots: slots share prompt prefixes, and the n choices of a request "
-        "compute their prompt once (off: a pool per slot, as llama-server gives with -np; idle slots' cached "
-        "prefixes then cost running streams nothing)",
+        default=False,
+        description="one KV cache pool for all slots: slots share prefix cells instead of copying them, but every "
+        "decode attends over idle slots' cached cells too (off: a pool per slot, as llama-server gives with -np)",
     )
     # ---- prompt cache (server/engine/prompt_cache/) ----
     cache_ram: int | None = Field(

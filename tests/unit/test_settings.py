@@ -228,11 +228,9 @@ def test_duplicate_aliases_are_refused(tmp_path: Path) -> None:
         load(config_file=config)
 
 
-def test_the_kv_pool_is_unified_unless_turned_off_by_flag_env_or_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert load().kv_unified is True
-    assert load({"kv_unified": False}).kv_unified is False
-    assert load({}, write(tmp_path, "kv_unified = false\n")).kv_unified is False
-    monkeypatch.setenv("LLAMASERVE_KV_UNIFIED", "false")
+def test_a_kv_pool_per_slot_unless_unified_by_flag_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load().kv_unified is False
+    assert load({"kv_unified": True}).kv_unified is True
+    assert load({}, write(tmp_path, "kv_unified = true\n")).kv_unified is True
+    monkeypatch.setenv("LLAMASERVE_KV_UNIFIED", "true")
+    assert load().kv_unified is True

@@ -13,17 +13,19 @@ which serialises requests):
 * every slot samples with its own ``llama_sampler`` chain, so seeds, penalties and
   grammars are per request;
 * each slot remembers which tokens its KV cells hold, so a new prompt that shares
-  a prefix with them (a chat's earlier turns) decodes only the rest. With the
-  unified KV cache a slot may also borrow a prefix from another slot: the cells are
-  shared (``llama_memory_seq_cp``), not copied;
+  a prefix with them (a chat's earlier turns) decodes only the rest. A slot may also
+  borrow a prefix from another slot: with the unified KV cache (``kv_unified``, this
+  class's default; the server's ``--kv-unified`` is off by default) the cells are
+  shared (``llama_memory_seq_cp``), with a pool per slot they are copied;
 * with a prompt cache (``prompt_cache=``), a slot's state is saved to host RAM (and
   disk) before its cells are overwritten, and a later prompt sharing its prefix gets
   it restored instead of recomputed (:mod:`server.engine.llama.prefix_reuse`);
 * a running sequence can be paused (its cells copied to host memory, its sampler kept) and
   resumed later in any free slot, for preemption (:mod:`server.engine.llama.pausing`);
 * sequences that begin with the very prompt another slot is still prefilling (the
-  ``n`` choices of one request) wait for it, then share its cells and sample from
-  its last logits, each with its own sampler: the prompt is computed once.
+  ``n`` choices of one request) wait for it, then take its cells (shared in the unified
+  pool, copied between per-slot pools) and sample from its last logits, each with its
+  own sampler: the prompt is computed once.
 
 A slot holds at most ``n_ctx_per_seq`` tokens. When it is full :meth:`step` stops
 scheduling it and :meth:`LlamaEngine.slot_is_full` turns true; the scheduler then
@@ -65,7 +67,7 @@ from server.engine.llama.cpu import physical_cores
 from server.engine.llama.embeddings import LlamaEmbedder
 from server.engine.llama.loading import load_weights
 from server.engine.llama.model_info import read_model_info
-from server.engine.llama.prefix_reuse import reuse_prefix, slot_loss
+from server.engine.llama.prefix_reuse import copy_prefix, reuse_prefix, slot_loss
 from server.engine.llama.rpc import WorkerWatch
 from server.engine.llama.sampling import make_sampler, with_logprobs
 from server.engine.llama.seq_state import cache_identity
@@ -237,7 +239,7 @@ class LlamaEngine:
             raise TokenOutOfRangeError("the prompt holds a token outside the vocabulary")
         # Build the sampler first: a bad grammar must leave the slot untouched.
         sampler = make_sampler(params, vocab=self._vocab.ptr, n_vocab=self._n_vocab, n_ctx_seq=self._n_ctx_seq)
-        leader = self._prefilling_same(tokens) if self._kv_unified else None
+        leader = self._prefilling_same(tokens)
         s.active = True
         s.prompt = tokens
         s.next_token = None
@@ -273,8 +275,8 @@ class LlamaEngine:
         for s, i in list(plan.sample_at):
             if not s.prefilling:
                 for f in self._followers(s):
-                    self._adopt(f, s)
-                    plan.sample_at.append((f, i))  # the same prompt: the same logits
+                    if self._adopt(f, s):
+                        plan.sample_at.append((f, i))  # the same prompt: the same logits
         return [self._sample(s, i) for s, i in plan.sample_at]
 
     def _record(self, plan: Plan) -> None:
@@ -452,14 +454,23 @@ class LlamaEngine:
     def _followers(self, leader: Slot) -> list[Slot]:
         return [f for f in self._slots if f.leader is leader]
 
-    def _adopt(self, f: Slot, leader: Slot) -> None:
-        """Give follower ``f`` the leader's prompt cells (shared, not copied)."""
+    def _adopt(self, f: Slot, leader: Slot) -> bool:
+        """Give follower ``f`` the leader's prompt cells: shared in the unified pool, copied between
+        per-slot pools. False when a copy failed: the follower then computes the prompt itself."""
         mem = self._mem
         llama_cpp.llama_memory_seq_rm(mem, f.seq_id, -1, -1)
-        llama_cpp.llama_memory_seq_cp(mem, leader.seq_id, f.seq_id, 0, len(leader.prompt))
+        f.kv = []
+        f.leader = None
+        n = len(leader.prompt)
+        if self._kv_unified:
+            llama_cpp.llama_memory_seq_cp(mem, leader.seq_id, f.seq_id, 0, n)
+        elif not copy_prefix(self._ctx, leader, f, n):
+            f.prompt_done = 0
+            self._prefill_order.append(f)
+            return False
         f.kv = list(leader.prompt)
         f.prompt_done = len(f.prompt)
-        f.leader = None
+        return True
 
     def _rollback(self, in_batch: list[Slot]) -> None:
         # A failed decode may leave some ubatches in the cache; drop every cell past

@@ -62,7 +62,7 @@ def reuse_prefix(
         s.kv = []
         if kv_unified:
             llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
-        elif not _copy(ctx, mem, donor, s, best):
+        elif not copy_prefix(ctx, donor, s, best):
             return 0
         s.kv = prompt[:best]
         return best
@@ -87,8 +87,9 @@ def worth_copying(gain: int, donor_cells: int) -> bool:
     return gain >= _COPY_MIN_GAIN and donor_cells <= gain * _COPY_CELLS_PER_TOKEN_SPARED
 
 
-def _copy(ctx: Any, mem: Any, donor: Slot, s: Slot, n_tokens: int) -> bool:
+def copy_prefix(ctx: Any, donor: Slot, s: Slot, n_tokens: int) -> bool:
     """Write the donor's sequence into the (empty) slot ``s`` and keep its first ``n_tokens``."""
+    mem = llama_cpp.llama_get_memory(ctx)
     data = save_seq(ctx, donor.seq_id)
     if (
         data is not None
