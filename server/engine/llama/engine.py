@@ -67,7 +67,7 @@ from server.engine.llama.cpu import physical_cores
 from server.engine.llama.embeddings import LlamaEmbedder
 from server.engine.llama.loading import load_weights
 from server.engine.llama.model_info import read_model_info
-from server.engine.llama.prefix_reuse import copy_prefix, reuse_prefix, slot_loss
+from server.engine.llama.prefix_reuse import reuse_prefix, slot_loss, take_prefix
 from server.engine.llama.rpc import WorkerWatch
 from server.engine.llama.sampling import make_sampler, with_logprobs
 from server.engine.llama.seq_state import cache_identity
@@ -455,20 +455,13 @@ class LlamaEngine:
         return [f for f in self._slots if f.leader is leader]
 
     def _adopt(self, f: Slot, leader: Slot) -> bool:
-        """Give follower ``f`` the leader's prompt cells: shared in the unified pool, copied between
-        per-slot pools. False when a copy failed: the follower then computes the prompt itself."""
-        mem = self._mem
-        llama_cpp.llama_memory_seq_rm(mem, f.seq_id, -1, -1)
-        f.kv = []
+        """Give follower ``f`` the leader's prompt cells (its cells hold just the prompt now). False when
+        a copy between per-slot pools failed: the follower then computes the prompt itself."""
         f.leader = None
-        n = len(leader.prompt)
-        if self._kv_unified:
-            llama_cpp.llama_memory_seq_cp(mem, leader.seq_id, f.seq_id, 0, n)
-        elif not copy_prefix(self._ctx, leader, f, n):
+        if not take_prefix(self._ctx, leader, f, len(leader.prompt), kv_unified=self._kv_unified):
             f.prompt_done = 0
             self._prefill_order.append(f)
             return False
-        f.kv = list(leader.prompt)
         f.prompt_done = len(f.prompt)
         return True
 

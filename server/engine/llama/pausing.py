@@ -20,7 +20,7 @@ import llama_cpp
 
 from server.engine.base import EngineError, PauseRefusedError
 from server.engine.llama.prefix_reuse import save_to_cache
-from server.engine.llama.seq_state import restore_seq, save_seq
+from server.engine.llama.seq_state import restore_prefix, save_seq
 from server.engine.llama.slots import Slot
 from server.engine.prompt_cache.cache import PromptCache
 
@@ -63,8 +63,7 @@ def resume(ctx: Any, s: Slot, p: Paused, cache: PromptCache | None) -> None:
         llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
         s.kv = []
         # Enough cells are free: no slot holds more than n_ctx_per_seq, and this one is empty now.
-        if p.data is not None and not restore_seq(ctx, s.seq_id, p.data):
-            llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+        if p.data is not None and not restore_prefix(ctx, s.seq_id, p.data, len(p.kv)):
             raise EngineError(f"llama.cpp refused a paused sequence's {len(p.kv)} cells in slot {s.seq_id}")
         s.kv = list(p.kv)
     s.active = True

@@ -21,7 +21,7 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.llama.seq_state import restore_seq, save_seq
+from server.engine.llama.seq_state import restore_prefix, save_seq
 from server.engine.llama.slots import Slot
 from server.engine.prompt_cache.cache import Hit, PromptCache
 from server.engine.prompt_cache.keys import common_prefix
@@ -58,14 +58,7 @@ def reuse_prefix(
             return hit.n_tokens
         own = 0  # the slot is empty now
     if donor is not None:
-        llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-        s.kv = []
-        if kv_unified:
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, best)
-        elif not copy_prefix(ctx, donor, s, best):
-            return 0
-        s.kv = prompt[:best]
-        return best
+        return best if take_prefix(ctx, donor, s, best, kv_unified=kv_unified) else 0
     if own < len(s.kv):
         # A partial removal can fail (recurrent models); a whole one never does.
         if not llama_cpp.llama_memory_seq_rm(mem, s.seq_id, own, -1):
@@ -87,19 +80,22 @@ def worth_copying(gain: int, donor_cells: int) -> bool:
     return gain >= _COPY_MIN_GAIN and donor_cells <= gain * _COPY_CELLS_PER_TOKEN_SPARED
 
 
-def copy_prefix(ctx: Any, donor: Slot, s: Slot, n_tokens: int) -> bool:
-    """Write the donor's sequence into the (empty) slot ``s`` and keep its first ``n_tokens``."""
+def take_prefix(ctx: Any, donor: Slot, s: Slot, n_tokens: int, *, kv_unified: bool) -> bool:
+    """Give slot ``s`` the donor's first ``n_tokens`` cells: shared in the unified pool, copied (the
+    donor's state written into ``s`` and trimmed) between per-slot pools. False when a copy failed:
+    ``s`` is empty then."""
     mem = llama_cpp.llama_get_memory(ctx)
-    data = save_seq(ctx, donor.seq_id)
-    if (
-        data is not None
-        and restore_seq(ctx, s.seq_id, data)
-        and llama_cpp.llama_memory_seq_rm(mem, s.seq_id, n_tokens, -1)
-    ):
-        return True
-    log.debug("could not copy slot %d's %d-token prefix into slot %d; computing it", donor.seq_id, n_tokens, s.seq_id)
     llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-    return False
+    s.kv = []
+    if kv_unified:
+        llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, s.seq_id, 0, n_tokens)
+    else:
+        data = save_seq(ctx, donor.seq_id)
+        if data is None or not restore_prefix(ctx, s.seq_id, data, n_tokens):
+            log.debug("could not copy slot %d's %d-token prefix into slot %d", donor.seq_id, n_tokens, s.seq_id)
+            return False
+    s.kv = donor.kv[:n_tokens]
+    return True
 
 
 def slot_loss(s: Slot, prompt: list[int], cache: PromptCache | None) -> int:
@@ -123,9 +119,7 @@ def save_to_cache(ctx: Any, s: Slot, cache: PromptCache, *, keep: Entry | None =
 def _restore(ctx: Any, mem: Any, s: Slot, hit: Hit) -> bool:
     s.kv = []
     llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-    if restore_seq(ctx, s.seq_id, hit.entry.data) and llama_cpp.llama_memory_seq_rm(mem, s.seq_id, hit.n_tokens, -1):
+    if restore_prefix(ctx, s.seq_id, hit.entry.data, hit.n_tokens):
         return True
-    # Not enough free cells, a layout llama.cpp refuses, or a model whose cells cannot be trimmed.
     log.warning("could not restore a cached %d-token prefix into slot %d; computing it", hit.n_tokens, s.seq_id)
-    llama_cpp.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
     return False

@@ -56,6 +56,19 @@ def restore_seq(ctx: Any, seq_id: int, data: bytearray) -> bool:
     return int(llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), seq_id)) > 0
 
 
+def restore_prefix(ctx: Any, seq_id: int, data: bytearray, n_tokens: int) -> bool:
+    """Write a saved state into the empty ``seq_id`` and keep its first ``n_tokens`` cells.
+
+    False when llama.cpp refuses the state (not enough free cells, another layout) or the trim (a
+    model whose cells cannot be cut): the sequence is left empty then.
+    """
+    mem = llama_cpp.llama_get_memory(ctx)
+    if restore_seq(ctx, seq_id, data) and llama_cpp.llama_memory_seq_rm(mem, seq_id, n_tokens, -1):
+        return True
+    llama_cpp.llama_memory_seq_rm(mem, seq_id, -1, -1)
+    return False
+
+
 def cache_identity(model_path: str, cparams: Any, *, n_ctx_per_seq: int, n_gpu_layers: int) -> str:
     """What a saved state depends on: the model file, the KV layout, llama.cpp's version.
 
