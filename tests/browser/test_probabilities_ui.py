@@ -28,6 +28,14 @@ def probabilities_on(page: Page) -> None:
     expect(page.get_by_test_id("probability-legend")).to_be_visible()
 
 
+def complete_with_probabilities(page: Page, text: str) -> None:
+    """Probabilities on, ``text`` generated from, and the generation over (undo becomes possible)."""
+    probabilities_on(page)
+    page.get_by_test_id("completion-text").fill(text)
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("undo")).to_be_enabled()
+
+
 def test_tokens_carry_probabilities_and_an_alternative_continues_from_there(
     fake_server: str, open_page: PageFactory, page_errors: list[str]
 ) -> None:
@@ -87,10 +95,7 @@ def test_tokens_carry_probabilities_and_an_alternative_continues_from_there(
 
 def test_alternatives_by_keyboard(fake_server: str, open_page: PageFactory) -> None:
     page = open_page(fake_server)
-    probabilities_on(page)
-    page.get_by_test_id("completion-text").fill("Four")
-    page.get_by_test_id("generate").click()
-    expect(page.get_by_test_id("undo")).to_be_enabled()
+    complete_with_probabilities(page, "Four")
     first = page.get_by_test_id("token").first
     first.focus()
     assert first.get_attribute("tabindex") == "0"  # one tab stop for the whole text
@@ -140,10 +145,7 @@ def test_tokens_stream_and_can_be_inspected_mid_generation(fake_server: str, ope
 def test_probabilities_at_phone_width_in_the_dark(fake_server: str, open_page: PageFactory) -> None:
     page = open_page(fake_server, viewport=PHONE, color_scheme="dark")
     watch_csp(page)
-    probabilities_on(page)
-    page.get_by_test_id("completion-text").fill("Four")
-    page.get_by_test_id("generate").click()
-    expect(page.get_by_test_id("undo")).to_be_enabled()
+    complete_with_probabilities(page, "Four")
     page.get_by_test_id("token").last.click()  # a tap pins the alternatives open
     popover = page.get_by_test_id("token-popover")
     expect(popover).to_be_visible()
@@ -160,10 +162,7 @@ def test_text_held_back_for_a_stop_string_still_splits_into_its_tokens(
 ) -> None:
     page = open_page(fake_server)
     page.get_by_test_id("setting-stop").fill("and x")  # " and " waits to see whether the stop follows
-    probabilities_on(page)
-    page.get_by_test_id("completion-text").fill("Four")
-    page.get_by_test_id("generate").click()
-    expect(page.get_by_test_id("undo")).to_be_enabled()
+    complete_with_probabilities(page, "Four")
     expect(page.get_by_test_id("completion-tokens")).to_have_text("Four" + COMPLETION_CONTINUATION)
     texts = page.get_by_test_id("token").all_text_contents()
     assert texts == list(COMPLETION_CONTINUATION)  # one token each, the held-back ones too
@@ -171,10 +170,7 @@ def test_text_held_back_for_a_stop_string_still_splits_into_its_tokens(
 
 def test_a_character_split_over_two_tokens_is_one_piece(fake_server: str, open_page: PageFactory) -> None:
     page = open_page(fake_server)
-    probabilities_on(page)
-    page.get_by_test_id("completion-text").fill("For dessert:")
-    page.get_by_test_id("generate").click()
-    expect(page.get_by_test_id("undo")).to_be_enabled()
+    complete_with_probabilities(page, "For dessert:")
     expect(page.get_by_test_id("completion-tokens")).to_have_text("For dessert:" + DESSERT_CONTINUATION)
     texts = page.get_by_test_id("token").all_text_contents()
     assert texts == list(DESSERT_CONTINUATION)  # "è" is one piece, not two broken halves

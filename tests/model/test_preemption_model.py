@@ -16,8 +16,9 @@ import pytest
 from server.engine.base import SamplingParams
 from server.engine.llama.engine import LlamaEngine
 from server.engine.prompt_cache.cache import PromptCacheConfig
-from server.runtime.events import FinishEvent, GenerationRequest, NoHooks, TokenEvent
+from server.runtime.events import FinishEvent, GenerationRequest, NoHooks
 from server.runtime.scheduler import RequestHandle, Scheduler
+from tests.helpers.streams import collect
 
 pytestmark = pytest.mark.model
 
@@ -44,17 +45,9 @@ class Count(NoHooks):
 
 
 async def generate(handle: RequestHandle, seen: list[int] | None = None) -> str:
-    text = ""
-    async for ev in handle.events():
-        if isinstance(ev, TokenEvent):
-            text += ev.text
-            if seen is not None:
-                seen.append(ev.token)
-        elif isinstance(ev, FinishEvent):
-            return text + ev.text
-        else:
-            raise AssertionError(f"failed: {ev}")
-    raise AssertionError("no final event")
+    text, final = await collect(handle, seen)
+    assert isinstance(final, FinishEvent), f"failed: {final}"
+    return text
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["cache-off", "cache-on"])

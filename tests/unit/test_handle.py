@@ -9,6 +9,7 @@ from typing import Any
 from server.engine.base import FinishReason
 from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.handle import Outbox, RequestHandle
+from tests.helpers.wakeups import counting_wakeups
 
 
 def token(i: int) -> TokenEvent:
@@ -23,16 +24,7 @@ def on_engine_thread(fn: Any) -> None:
 
 async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order() -> None:
     loop = asyncio.get_running_loop()
-    wakes = 0
-    real = loop.call_soon_threadsafe
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal wakes
-        wakes += 1
-        return real(*args, **kwargs)
-
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-    try:
+    with counting_wakeups(loop) as wakes:
         a, b = (RequestHandle(i, loop, lambda _: None) for i in (1, 2))
         outbox = Outbox()
         woke: list[int] = []
@@ -44,7 +36,7 @@ async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order(
                 woke.append(outbox.flush())
 
         on_engine_thread(three_steps)
-        assert woke == [1, 0, 0] and wakes == 1
+        assert woke == [1, 0, 0] and wakes.count == 1
         got = [await asyncio.wait_for(a._queue.get(), 1) for _ in range(3)]
         assert [e.token for e in got if isinstance(e, TokenEvent)] == [0, 1, 2]
         assert b._queue.qsize() == 3
@@ -56,10 +48,8 @@ async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order(
             woke.append(outbox.flush())
 
         on_engine_thread(finish)
-        assert woke[-1] == 1 and wakes == 2
+        assert woke[-1] == 1 and wakes.count == 2
         assert isinstance(await asyncio.wait_for(a._queue.get(), 1), FinishEvent)
-    finally:
-        del loop.call_soon_threadsafe
 
 
 def test_events_for_a_closed_loop_are_dropped() -> None:

@@ -12,9 +12,10 @@ import pytest
 from server.engine.base import PauseRefusedError, SamplingParams
 from server.engine.fake import FakeEngine
 from server.errors import ServiceUnavailableError
-from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, NoHooks, TokenEvent
+from server.runtime.events import ErrorEvent, FinishEvent, GenerationRequest, NoHooks
 from server.runtime.preemption import choose_victims
-from server.runtime.scheduler import RequestHandle, Scheduler
+from server.runtime.scheduler import Scheduler
+from tests.helpers.streams import collect
 
 # ---- the rule, on its own ----------------------------------------------------------------------
 
@@ -120,18 +121,6 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
 def req(name: str, priority: int, max_tokens: int = 100, stop: tuple[str, ...] = ()) -> GenerationRequest:
     # Each request its own key, so waiting_by_key() names who waits.
     return GenerationRequest(list(name.encode()), SamplingParams(), max_tokens, stop, priority=priority, key_id=name)
-
-
-async def collect(handle: RequestHandle, tokens: list[int] | None = None) -> tuple[str, FinishEvent | ErrorEvent]:
-    text = ""
-    async for ev in handle.events():
-        if isinstance(ev, TokenEvent):
-            text += ev.text
-            if tokens is not None:
-                tokens.append(ev.token)
-        else:
-            return text + (ev.text if isinstance(ev, FinishEvent) else ""), ev
-    raise AssertionError("no final event")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

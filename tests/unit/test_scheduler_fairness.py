@@ -12,6 +12,7 @@ from server.engine.fake import FakeEngine
 from server.errors import KeyQueueFullError, QueueFullError
 from server.runtime.events import GenerationRequest, TokenEvent
 from server.runtime.scheduler import RequestHandle, Scheduler
+from tests.helpers.wakeups import counting_wakeups
 
 
 def request(prompt: str = "hi", *, priority: int = 0, key: str = "", max_tokens: int = 3) -> GenerationRequest:
@@ -75,30 +76,20 @@ async def test_max_queue_per_key_refuses_only_that_key() -> None:
 async def test_events_reach_asyncio_once_per_step_for_all_slots() -> None:
     engine = FakeEngine(reply=lambda p: "x" * 40, n_slots=4, step_delay=0.001)
     s = Scheduler(engine, max_queue=8)
-    loop = asyncio.get_running_loop()
-    calls = 0
-    real = loop.call_soon_threadsafe
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return real(*args, **kwargs)
-
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-    s.start()
-    try:
-        handles = [s.submit(request(str(i), max_tokens=40)) for i in range(4)]
-        tokens = 0
-        for h in handles:
-            async for ev in h.events():
-                tokens += isinstance(ev, TokenEvent)
-    finally:
-        s.stop()
-        del loop.call_soon_threadsafe
+    with counting_wakeups(asyncio.get_running_loop()) as wakes:
+        s.start()
+        try:
+            handles = [s.submit(request(str(i), max_tokens=40)) for i in range(4)]
+            tokens = 0
+            for h in handles:
+                async for ev in h.events():
+                    tokens += isinstance(ev, TokenEvent)
+        finally:
+            s.stop()
     assert tokens == 160
     # Per token per slot would be 160 calls (plus admissions and finishes); per step it is ~41.
-    assert calls <= engine.steps + 2
-    assert calls < tokens / 3
+    assert wakes.count <= engine.steps + 2
+    assert wakes.count < tokens / 3
 
 
 async def first_token_step(engine: FakeEngine, handle: RequestHandle) -> int:
