@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import pytest
 
-from server.engine.base import EngineError
+from server.engine.base import EngineError, SamplingParams
 from server.engine.llama.engine import LlamaEngine
 from server.protocol import EmbeddingRequest
 from server.services.embeddings import EmbeddingsService
@@ -115,3 +117,50 @@ async def test_usage_counts_the_bos_the_tokenizer_adds(tiny_llama3_gguf: Path) -
     finally:
         service.close()
         engine.close()
+
+
+def _thread_switches() -> int:
+    """Voluntary context switches of every thread of this process so far (Linux)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return total
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts thread switches in /proc")
+def test_an_embedding_from_a_pooled_thread_leaves_the_engines_decode_as_fast(smollm2_path: str) -> None:
+    # OpenMP (llama.cpp's CPU threads) sleeps at every barrier of a decode, not spins, once it manages
+    # more threads than there are CPUs: a decode from a long-lived pool thread must not leave its
+    # team behind (server/engine/llama/own_thread.py). With the engine on every CPU that is one too many.
+    n_cpus = len(os.sched_getaffinity(0))
+    if n_cpus < 2:
+        pytest.skip("one CPU: llama.cpp runs no OpenMP team")
+    engine = LlamaEngine(smollm2_path, model_id="smollm2", n_slots=1, n_ctx_per_seq=512, n_threads=n_cpus)
+    engine_thread, to_thread_pool = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    prompt = engine.tokenize("Once upon a time", add_special=True, parse_special=False)
+
+    def switches_per_step() -> float:
+        engine.begin(0, prompt, SamplingParams(temperature=0.0))
+        engine.step()  # the prefill
+        before = _thread_switches()
+        for _ in range(20):
+            engine.step()
+        per_step = (_thread_switches() - before) / 20
+        engine.release(0, keep_cache=False)
+        return per_step
+
+    try:
+        baseline = engine_thread.submit(switches_per_step).result()
+        embedder = engine.make_embedder(256)
+        to_thread_pool.submit(embedder.embed, embedder.tokenize("hello world")).result()
+        after = engine_thread.submit(switches_per_step).result()
+    finally:
+        engine_thread.shutdown()
+        to_thread_pool.shutdown()
+        engine.close()
+    # Spinning barriers switch about never; sleeping ones about 200 times per step of this model.
+    assert after < baseline + 20, (baseline, after)

@@ -29,6 +29,7 @@ import llama_cpp
 from server.engine.base import EngineError, Pooling
 from server.engine.llama.context_params import embedding_params
 from server.engine.llama.model_info import meta_value
+from server.engine.llama.own_thread import run_in_own_thread
 from server.engine.llama.vocab import Vocab
 
 POOLING_TYPES: dict[Pooling, int] = {
@@ -88,7 +89,9 @@ class LlamaEmbedder:
                 b.seq_id[i][0] = 0
                 b.logits[i] = 1
             b.n_tokens = len(tokens)
-            rc = llama_cpp.llama_decode(self._ctx, b)
+            # Not in the caller's thread: see own_thread for what a decode leaves behind in a pooled thread.
+            ctx = self._ctx
+            rc = run_in_own_thread(lambda: int(llama_cpp.llama_decode(ctx, b)), name="llamaserve-embed")
             if rc != 0:
                 raise EngineError(f"llama_decode failed with code {rc} while embedding")
             ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
