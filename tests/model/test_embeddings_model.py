@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -131,15 +133,11 @@ def _thread_switches() -> int:
     return total
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts thread switches in /proc")
-def test_an_embedding_from_a_pooled_thread_leaves_the_engines_decode_as_fast(smollm2_path: str) -> None:
-    # OpenMP (llama.cpp's CPU threads) sleeps at every barrier of a decode, not spins, once it manages
-    # more threads than there are CPUs: a decode from a long-lived pool thread must not leave its
-    # team behind (server/engine/llama/own_thread.py). With the engine on every CPU that is one too many.
+def switches_per_step_before_and_after_an_embedding(model_path: str) -> tuple[float, float]:
+    """Thread switches per decode step on a long-lived "engine thread", before and after one
+    embedding computed in a long-lived pool thread (what ``asyncio.to_thread`` uses)."""
     n_cpus = len(os.sched_getaffinity(0))
-    if n_cpus < 2:
-        pytest.skip("one CPU: llama.cpp runs no OpenMP team")
-    engine = LlamaEngine(smollm2_path, model_id="smollm2", n_slots=1, n_ctx_per_seq=512, n_threads=n_cpus)
+    engine = LlamaEngine(model_path, model_id="smollm2", n_slots=1, n_ctx_per_seq=512, n_threads=n_cpus)
     engine_thread, to_thread_pool = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     prompt = engine.tokenize("Once upon a time", add_special=True, parse_special=False)
 
@@ -157,10 +155,33 @@ def test_an_embedding_from_a_pooled_thread_leaves_the_engines_decode_as_fast(smo
         baseline = engine_thread.submit(switches_per_step).result()
         embedder = engine.make_embedder(256)
         to_thread_pool.submit(embedder.embed, embedder.tokenize("hello world")).result()
-        after = engine_thread.submit(switches_per_step).result()
+        return baseline, engine_thread.submit(switches_per_step).result()
     finally:
         engine_thread.shutdown()
         to_thread_pool.shutdown()
         engine.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts thread switches in /proc")
+def test_an_embedding_from_a_pooled_thread_leaves_the_engines_decode_as_fast(smollm2_path: str) -> None:
+    # OpenMP (llama.cpp's CPU threads) sleeps at every barrier of a decode, not spins, once it manages
+    # more threads than there are CPUs: a decode from a long-lived pool thread must not leave its
+    # team behind (server/engine/llama/own_thread.py). With the engine on every CPU that is one too many.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: llama.cpp runs no OpenMP team")
+    # In a fresh process: the teams this test process's earlier engines left behind would count too.
+    script = (
+        "import sys; from tests.model.test_embeddings_model import switches_per_step_before_and_after_an_embedding"
+        " as m; print(*m(sys.argv[1]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, smollm2_path],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    baseline, after = map(float, out.stdout.split())
     # Spinning barriers switch about never; sleeping ones about 200 times per step of this model.
     assert after < baseline + 20, (baseline, after)
