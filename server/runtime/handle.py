@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from server.runtime.events import ErrorEvent, Event, FinishEvent
@@ -32,7 +33,10 @@ class RequestHandle:
         self.seq_id = seq_id
         self.loop = loop
         self._cancel = cancel
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        # One reader, one writer, both on the loop: a deque and the reader's future is all a
+        # stream needs per token (asyncio.Queue's bookkeeping ran a dozen calls for each).
+        self._events: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.done = False
         self.admitted = asyncio.Event()
 
@@ -43,15 +47,30 @@ class RequestHandle:
 
     async def events(self) -> AsyncIterator[Event]:
         """Yield events until the request finishes; leaving early cancels it."""
+        events = self._events
         try:
             while True:
-                event = await self._queue.get()
+                if not events:
+                    self._waiter = self.loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                    continue
+                event = events.popleft()
                 yield event
                 if isinstance(event, FinishEvent | ErrorEvent):
                     self.done = True
                     return
         finally:
             self.cancel()
+
+    def put(self, event: Event) -> None:
+        """On the loop: the next event for :meth:`events`."""
+        self._events.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 # What the outbox carries for one handle: an event, or None for "took a slot".
@@ -64,7 +83,7 @@ def _deliver(items: list[_Item]) -> None:
         if event is None:
             handle.admitted.set()
         else:
-            handle._queue.put_nowait(event)
+            handle.put(event)
 
 
 class _Mailbox:

@@ -332,6 +332,8 @@ class ChatGeneration(Submitted[PreparedChat]):
         n = p.generation.n_choices
         streamers = [choice_streamer(p.plan) for _ in range(n)]
         splitters = [p.splitter() for _ in range(n)]
+        # Text that needs no tool-call parsing and no log-probabilities takes the fast path.
+        plain = [isinstance(s, ChoiceStreamer) and not p.logprobs for s in streamers]
         for i in range(n):
             yield self._chunk(created, [ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         finishes: list[FinishEvent | None] = [None] * n
@@ -344,6 +346,11 @@ class ChatGeneration(Submitted[PreparedChat]):
                 continue
             splitter = splitters[i]
             if isinstance(ev, TokenEvent):
+                if plain[i] and (splitter is None or splitter.passes_through):
+                    # Most tokens of most streams: the text is the content delta, as the slow path makes it.
+                    if ev.text:
+                        yield text_chunks.encode(i, ev.text)
+                    continue
                 deltas = _split_push(splitter, streamers[i], ev.text)
                 if p.logprobs:
                     lp = ChoiceLogprobs(content=[self._logprob_entry(ev)])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from json.encoder import encode_basestring
 
 from server.services.pipeline import Chunk, EncodedChunk
 
@@ -46,4 +47,5 @@ class TextChunks:
                 raise ValueError("the chunk must carry the text exactly once")
             before, after = whole.split(marker)
             around = self._around[index] = (before, after)
-        return EncodedChunk(around[0] + json.dumps(text, ensure_ascii=False) + around[1], self._event)
+        # encode_basestring is what json.dumps(text, ensure_ascii=False) calls, without building an encoder.
+        return EncodedChunk(around[0] + encode_basestring(text) + around[1], self._event)

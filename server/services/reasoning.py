@@ -46,6 +46,11 @@ class ReasoningSplitter:
         self._pending = 0  # tokens held at the start, before it is known whether they open it
         self.reasoning_tokens = 0
 
+    @property
+    def passes_through(self) -> bool:
+        """Past the thinking (or there was none): from here on every text is content, as it came."""
+        return self._state == "content"
+
     def push(self, text: str) -> list[Piece]:
         """One token's text; returns what can be sent now."""
         thinking = self._thought and self._state == "thinking"

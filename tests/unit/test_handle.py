@@ -37,9 +37,11 @@ async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order(
 
         on_engine_thread(three_steps)
         assert woke == [1, 0, 0] and wakes.count == 1
-        got = [await asyncio.wait_for(a._queue.get(), 1) for _ in range(3)]
+        a_events, b_events = a.events(), b.events()
+        got = [await asyncio.wait_for(anext(a_events), 1) for _ in range(3)]
         assert [e.token for e in got if isinstance(e, TokenEvent)] == [0, 1, 2]
-        assert b._queue.qsize() == 3
+        got = [await asyncio.wait_for(anext(b_events), 1) for _ in range(3)]
+        assert [e.token for e in got if isinstance(e, TokenEvent)] == [10, 11, 12]
 
         await asyncio.sleep(0.01)  # the loop has drained and looked again: the next step wakes it
 
@@ -49,7 +51,8 @@ async def test_steps_posted_while_the_loop_is_busy_ride_on_one_wake_up_in_order(
 
         on_engine_thread(finish)
         assert woke[-1] == 1 and wakes.count == 2
-        assert isinstance(await asyncio.wait_for(a._queue.get(), 1), FinishEvent)
+        assert isinstance(await asyncio.wait_for(anext(a_events), 1), FinishEvent)
+        await b_events.aclose()
 
 
 def test_events_for_a_closed_loop_are_dropped() -> None:
