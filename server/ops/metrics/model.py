@@ -65,6 +65,7 @@ class ModelMetrics:
         self._info_labels: tuple[str, ...] | None = None
         self._rpc_endpoints: tuple[str, ...] = ()
         self._kv_cells_total = 0
+        self._watched = False  # the slot and queue gauges read a scheduler at scrape time
 
     # ---- wiring -----------------------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class ModelMetrics:
             gauges.running.set_function(lambda: scheduler.busy)
             gauges.slots_busy.set_function(lambda: scheduler.busy)
             gauges.waiting.set_function(lambda: scheduler.waiting)
+            self._watched = True
         self._metrics.waiting_by_key.watch(self.id, scheduler)
 
     def watch_cache(self, source: CacheStatsSource) -> None:
@@ -112,6 +114,7 @@ class ModelMetrics:
             if self._gauges is None:
                 return
             self._gauges = None
+            self._watched = False
             m = self._metrics
             m.waiting_by_key.forget(self.id)
             for gauge in (m.requests_running, m.requests_waiting, m.slots, m.slots_busy, m.kv_cache_usage_ratio):
@@ -193,8 +196,9 @@ class ModelMetrics:
         gauges, cells_total = self._gauges, self._kv_cells_total
         if gauges is None:
             return
-        gauges.running.set(slots_busy)
-        gauges.slots_busy.set(slots_busy)
-        gauges.waiting.set(waiting)
+        if not self._watched:  # a watched gauge ignores what is set: spare the engine thread the writes
+            gauges.running.set(slots_busy)
+            gauges.slots_busy.set(slots_busy)
+            gauges.waiting.set(waiting)
         if cells_total:
             gauges.kv_cache_usage_ratio.set(min(1.0, kv_cells / cells_total))
