@@ -45,7 +45,7 @@ from server.runtime.events import FinishEvent, TokenEvent
 from server.runtime.scheduler import RequestHandle
 from server.services.encoded_chunks import TextChunks
 from server.services.pipeline import Chunk, Pipeline, PreparedGeneration, StreamItem, Submitted
-from server.services.tool_stream import choice_streamer
+from server.services.tool_stream import ChoiceStreamer, choice_streamer
 
 
 @dataclass(frozen=True)
@@ -133,12 +133,16 @@ class _Blocks:
     def _delta(self, delta: TextDelta | InputJsonDelta) -> Chunk:
         return ContentBlockDeltaEvent(index=self.index, delta=delta).model_dump()
 
-    def feed(self, delta: ChunkDelta) -> list[StreamItem]:
+    def text(self, content: str) -> list[StreamItem]:
+        """A text delta, in the open text block or a new one."""
         out: list[StreamItem] = []
-        if delta.content:
-            if self.open != "text":
-                out += self._start(TextBlock(text=""))
-            out.append(self._text.encode(self.index, delta.content))
+        if self.open != "text":
+            out += self._start(TextBlock(text=""))
+        out.append(self._text.encode(self.index, content))
+        return out
+
+    def feed(self, delta: ChunkDelta) -> list[StreamItem]:
+        out: list[StreamItem] = self.text(delta.content) if delta.content else []
         for call in delta.tool_calls or []:
             fn = call.function
             if call.id is not None:  # a new call: its id and name come first
@@ -172,7 +176,13 @@ async def message_events(
     blocks = _Blocks()
     finish: FinishEvent | None = None
     made_calls = False
+    plain = isinstance(streamer, ChoiceStreamer)  # no tool calls to parse: a token's text is its delta
     async for _, ev in pipeline.events(generation, handles):
+        if isinstance(ev, TokenEvent) and plain:
+            if ev.text:
+                for event in blocks.text(ev.text):
+                    yield event
+            continue
         if isinstance(ev, TokenEvent):
             deltas = streamer.push(ev.text)
         else:
