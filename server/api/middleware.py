@@ -32,12 +32,23 @@ class RequestContextMiddleware:
         request_id = sent if _CLIENT_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id  # for the 500 handler, which runs outside
         status = 500  # what the outermost error middleware answers if the app raises before responding
+        counted = False
+
+        def count() -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                self.metrics.record_http_request(_endpoint_label(scope), status)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte leaves, so a client that has its answer finds it in
+                # /metrics; a stream the client abandons never gets here and is counted on return.
+                count()
             await send(message)
 
         token = request_id_var.set(request_id)
@@ -45,7 +56,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
-            self.metrics.record_http_request(_endpoint_label(scope), status)
+            count()
 
 
 def _endpoint_label(scope: Scope) -> str:

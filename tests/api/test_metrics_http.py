@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -10,11 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
 from server.api.app import create_app
+from server.api.middleware import RequestContextMiddleware
 from server.api.state import AppState
 from server.engine.fake import FakeEngine
 from server.ops.logs import make_handler
+from server.ops.metrics import Metrics
 from server.settings import Settings
 
 CHAT = "/v1/chat/completions"
@@ -152,3 +156,31 @@ def test_metrics_behind_api_keys_take_a_bearer_token_as_prometheus_sends_it() ->
         # The key check runs before routing, so the refusal has no route template.
         assert sample(c, "llamaserve_requests_total", endpoint="unrouted", status="401") == 1
         assert sample(c, "llamaserve_requests_total", endpoint="/metrics", status="200") == 1
+
+
+def test_a_request_is_counted_before_its_last_byte_reaches_the_client() -> None:
+    # An app still busy after its answer is out (cleanup, background work): a client that reads
+    # /metrics right after its answer must find itself counted, not wait for the app to return.
+    metrics = Metrics(process=False)
+    labels = {"endpoint": "unrouted", "status": "400"}
+    answered = asyncio.Event()
+    counted_when_answered: list[float | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+        await answered.wait()
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            counted_when_answered.append(metrics.registry.get_sample_value("llamaserve_requests_total", labels))
+            answered.set()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: Scope = {"type": "http", "headers": [], "path": "/x", "method": "POST"}
+    asyncio.run(RequestContextMiddleware(app, metrics)(scope, receive, send))
+    assert counted_when_answered == [1.0]
+    # Once, not again when the app returns.
+    assert metrics.registry.get_sample_value("llamaserve_requests_total", labels) == 1.0
